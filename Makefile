@@ -1,0 +1,61 @@
+# Every target installs what it needs, idempotently: Debian packages when missing,
+# then a virtualenv built on Debian's python3 (so the rootless test user can run it).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
+TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev
+BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman
+DEMO_ROOTFS ?= build/demo-rootfs
+
+.PHONY: deps test-deps bench-deps demo test unit integration lint bench clean
+
+define apt_ensure
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+$(VENV)/.installed: pyproject.toml
+	/usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+deps:
+	$(call apt_ensure,$(RUNTIME_PKGS))
+	@$(MAKE) -s $(VENV)/.installed
+
+test-deps:
+	$(call apt_ensure,$(TEST_PKGS))
+	@$(MAKE) -s $(VENV)/.installed
+
+bench-deps:
+	$(call apt_ensure,$(BENCH_PKGS))
+	@$(MAKE) -s $(VENV)/.installed
+
+demo: deps
+	$(VENV)/bin/myctr rootfs bootstrap busybox --force $(DEMO_ROOTFS)
+	$(VENV)/bin/myctr run --rm --rootfs $(DEMO_ROOTFS) --hostname demo /bin/sh -c \
+		'echo "pid: $$$$"; echo "hostname: $$(hostname)"; echo "user: $$(id)"; echo "mounts:"; cat /proc/self/mounts'
+
+test: test-deps lint
+	$(PY) -m pytest -q tests
+
+unit: test-deps
+	$(PY) -m pytest -q tests/unit
+
+integration: test-deps
+	$(PY) -m pytest -q tests/integration
+
+lint: test-deps
+	$(VENV)/bin/ruff check supervisor runtime netplug tests bench
+	$(VENV)/bin/mypy
+
+bench: bench-deps
+	$(PY) -m bench.start_latency
+
+clean:
+	rm -rf $(VENV) build

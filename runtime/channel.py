@@ -1,0 +1,111 @@
+"""The typed parent <-> container-init handshake, over a SOCK_SEQPACKET socketpair.
+
+Each message is one packet holding a JSON object ``{"type": NAME, ...fields}``; a
+:class:`PtyMaster` packet also carries a file descriptor (SCM_RIGHTS).
+
+The sequence::
+
+    parent                                   init (in its new namespaces)
+      ── MappingWritten ──────────────▶      (only with a user namespace)
+                                             mounts, pivot_root, hostname, ...
+      ◀────────────── PtyMaster(fd) ──       (only with a terminal)
+      ◀──────────────────── Ready ───
+      ── Start ───────────────────────▶      caps, seccomp, execve
+      ◀──── EOF (exec succeeded; the socket is close-on-exec)
+      ◀──── SetupFailed(errno, msg) | ExecFailed(errno, msg)   (then the init exits)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class MappingWritten:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class Start:
+    pass
+
+
+@dataclass(frozen=True)
+class SetupFailed:
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True)
+class ExecFailed:
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True)
+class PtyMaster:
+    fd: int = -1
+
+
+Message = MappingWritten | Ready | Start | SetupFailed | ExecFailed | PtyMaster
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (MappingWritten, Ready, Start, SetupFailed, ExecFailed, PtyMaster)
+}
+_MAX_PACKET = 65536
+
+
+class ChannelClosed(Exception):
+    """The other side closed the channel (for the parent: the init exec'd or died)."""
+
+
+class Channel:
+    """One end of the handshake socketpair."""
+
+    is_parent: ClassVar[bool]
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @staticmethod
+    def pair() -> tuple[Channel, Channel]:
+        """(parent end, child end); both close-on-exec."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return Channel(a), Channel(b)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: Message) -> None:
+        fields = asdict(message)
+        fds = [fields.pop("fd")] if isinstance(message, PtyMaster) else []
+        payload = json.dumps({"type": type(message).__name__, **fields}).encode()
+        socket.send_fds(self.sock, [payload], fds)
+
+    def receive(self) -> Message:
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_PACKET, 1)
+        if not data:
+            raise ChannelClosed
+        doc = json.loads(data)
+        cls = _TYPES[doc.pop("type")]
+        if cls is PtyMaster:
+            return PtyMaster(fd=fds[0])
+        message: Message = cls(**doc)
+        return message
+
+    def expect(self, cls: type[Any]) -> Any:
+        message = self.receive()
+        if not isinstance(message, cls):
+            raise ChannelClosed(f"expected {cls.__name__}, got {message!r}")
+        return message
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,133 @@
+"""Create a container's init from a spec (the parent's half of the handshake).
+
+``create`` clones the init straight into its namespaces (clone3, so the parent gets
+a pidfd and the init is our direct child), writes the id maps, and waits until the
+init has built its root and stands before exec. ``InitProcess.start`` lets it exec.
+Any failure kills and reaps the init before the error propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+from . import libc
+from .channel import (
+    Channel,
+    ChannelClosed,
+    ExecFailed,
+    MappingWritten,
+    PtyMaster,
+    Ready,
+    SetupFailed,
+    Start,
+)
+from .errors import ExecFailed as ExecFailedError
+from .errors import SetupFailed as SetupFailedError
+from .idmap import IdMapPlan, write_maps
+from .init import InitConfig, run_init
+from .spec import ContainerSpec
+
+NAMESPACE_FLAGS = {
+    "user": libc.CLONE_NEWUSER,
+    "mount": libc.CLONE_NEWNS,
+    "pid": libc.CLONE_NEWPID,
+    "uts": libc.CLONE_NEWUTS,
+    "ipc": libc.CLONE_NEWIPC,
+    "network": libc.CLONE_NEWNET,
+    "cgroup": libc.CLONE_NEWCGROUP,
+}
+
+
+def clone_flags(spec: ContainerSpec) -> int:
+    flags = 0
+    for ns in spec.linux.namespaces:
+        if ns.path is None:
+            flags |= NAMESPACE_FLAGS[ns.type]
+    return flags
+
+
+@dataclass
+class InitProcess:
+    """A container init that stands before exec, or (after ``start``) runs."""
+
+    pid: int
+    pidfd: int
+    channel: Channel
+    pty_master: int | None = None
+    reaped: bool = False
+
+    def wait(self) -> int:
+        """Reap the init; its exit code as ``os.waitstatus_to_exitcode`` gives it."""
+        _, status = os.waitpid(self.pid, 0)
+        self.reaped = True
+        return os.waitstatus_to_exitcode(status)
+
+    def start(self) -> None:
+        """Let the init exec the user's command; raise if the exec fails."""
+        try:
+            self.channel.send(Start())
+            reply = self.channel.receive()
+        except (ChannelClosed, ConnectionResetError):
+            return  # the channel closed on exec: the command runs
+        finally:
+            self.channel.close()
+        self.kill_and_reap()
+        if isinstance(reply, ExecFailed):
+            raise ExecFailedError(reply.errno, reply.message)
+        raise SetupFailedError(getattr(reply, "errno", 0), getattr(reply, "message", repr(reply)))
+
+    def kill_and_reap(self) -> None:
+        if not self.reaped and self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):  # it exited already
+                libc.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            self.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if self.pty_master is not None:
+            os.close(self.pty_master)
+            self.pty_master = None
+
+
+def create(spec: ContainerSpec, paths: InitConfig, plan: IdMapPlan | None) -> InitProcess:
+    """Clone the init into its namespaces and run it up to the point before exec."""
+    parent_end, child_end = Channel.pair()
+    pid, pidfd = libc.clone3(clone_flags(spec))
+    if pid == 0:
+        parent_end.close()
+        run_init(spec, paths, child_end)  # never returns
+    child_end.close()
+    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end)
+    try:
+        _handshake(process, spec, plan)
+    except BaseException:
+        process.channel.close()
+        process.kill_and_reap()
+        raise
+    return process
+
+
+def _handshake(process: InitProcess, spec: ContainerSpec, plan: IdMapPlan | None) -> None:
+    if spec.uses_user_namespace:
+        assert plan is not None, "a user namespace needs an id map plan"
+        write_maps(process.pid, plan)
+        process.channel.send(MappingWritten())
+    while True:
+        try:
+            message = process.channel.receive()
+        except (ChannelClosed, ConnectionResetError):
+            raise SetupFailedError(0, "container init exited during setup") from None
+        if isinstance(message, PtyMaster):
+            process.pty_master = message.fd
+        elif isinstance(message, Ready):
+            return
+        elif isinstance(message, SetupFailed):
+            raise SetupFailedError(message.errno, message.message)
+        else:
+            raise SetupFailedError(0, f"unexpected message from init: {message!r}")

@@ -1,0 +1,258 @@
+"""The container's init between clone and exec: everything runs here, in the new
+namespaces, and always ends in ``execve`` or ``os._exit`` — never returns.
+
+Order (user namespace first, as youki and runc do): wait for the id maps, become root
+in the namespace, make mounts private, overlay, mounts, /dev, hostname, loopback,
+pivot_root, masked and read-only paths, the user, the terminal; report Ready, wait
+for Start; rlimits, no_new_privs, bounding set, seccomp, ids, capabilities, execve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import resource
+import signal
+import socket
+import struct
+import termios
+from dataclasses import dataclass
+
+from . import capabilities, libc, rootfs
+from .channel import Channel, ExecFailed, MappingWritten, PtyMaster, Ready, SetupFailed, Start
+from .errors import SpecError
+from .seccomp import install_bpf
+from .spec import ContainerSpec
+from .users import ResolvedUser, parse_group, parse_passwd, resolve_user
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """What the init needs besides the spec: the overlay's host dirs, and whether its
+    stdin is /dev/null (``run`` without ``-i``) instead of the caller's."""
+
+    lower: tuple[str, ...]
+    upper: str
+    work: str
+    merged: str
+    stdin_devnull: bool = False
+    seccomp_bpf: bytes | None = None
+
+
+def run_init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
+    """The child's whole life. Never returns."""
+    code = 125
+    try:
+        _init(spec, paths, channel)
+    except ExecError as exc:
+        channel.send(ExecFailed(exc.errno, exc.message))
+        code = 127 if exc.errno == 2 else 126
+    except SpecError as exc:
+        _report(channel, 0, str(exc))
+    except OSError as exc:
+        _report(channel, exc.errno or 0, exc.strerror or str(exc))
+    except BaseException as exc:
+        _report(channel, 0, f"{type(exc).__name__}: {exc}")
+    finally:
+        os._exit(code)
+
+
+class ExecError(Exception):
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.message = message
+
+
+def _report(channel: Channel, err: int, message: str) -> None:
+    with contextlib.suppress(OSError):  # the parent is gone; nobody is left to tell
+        channel.send(SetupFailed(err, message))
+
+
+def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
+    # If the parent dies before this is armed, the channel tells: the init never
+    # execs without the parent's Start.
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if paths.stdin_devnull:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    if spec.uses_user_namespace:
+        channel.expect(MappingWritten)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    _build_root(spec, paths)
+    user = _resolve_user(spec)
+    if spec.process.terminal:
+        _attach_terminal(channel)
+    else:
+        os.setsid()
+    channel.send(Ready())
+    channel.expect(Start)
+    _enter_workdir(spec.process.cwd)
+    _set_rlimits(spec)
+    _drop_privileges(spec, paths, user)
+    _close_inherited_fds(keep=channel.fileno())
+    _exec(spec, user)
+
+
+def _build_root(spec: ContainerSpec, paths: InitConfig) -> None:
+    userns = spec.uses_user_namespace
+    rootfs.make_private()
+    rootfs.mount_overlay(list(paths.lower), paths.upper, paths.work, paths.merged, userns)
+    rootfs.mount_all(spec, paths.merged)
+    if spec.linux.has_namespace("uts") and spec.hostname:
+        socket.sethostname(spec.hostname)
+    if spec.linux.has_namespace("network"):
+        _loopback_up()
+    rootfs.pivot(paths.merged)
+    rootfs.mask_paths(spec.linux.masked_paths)
+    rootfs.readonly_paths(spec.linux.readonly_paths)
+    if spec.root.readonly:
+        rootfs.remount_root_readonly()
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _resolve_user(spec: ContainerSpec) -> ResolvedUser:
+    user = spec.process.user
+    if spec.process.user_name is None:
+        return ResolvedUser(user.uid, user.gid, user.additional_gids, "/")
+    return resolve_user(
+        spec.process.user_name,
+        parse_passwd(_read_text("/etc/passwd")),
+        parse_group(_read_text("/etc/group")),
+        (*spec.process.group_add, *(str(g) for g in user.additional_gids)),
+    )
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _attach_terminal(channel: Channel) -> None:
+    """Open a pty in the container's devpts, send its master to the parent, and make
+    the slave our controlling terminal and stdio."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    pts_number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+    channel.send(PtyMaster(fd=master))
+    os.setsid()
+    slave = os.open(f"/dev/pts/{pts_number}", os.O_RDWR)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    os.close(master)
+
+
+def _enter_workdir(cwd: str) -> None:
+    os.makedirs(cwd, exist_ok=True)
+    os.chdir(cwd)
+
+
+def _set_rlimits(spec: ContainerSpec) -> None:
+    for limit in spec.process.rlimits:
+        number = getattr(resource, limit.type)
+        try:
+            resource.setrlimit(number, (limit.soft, limit.hard))
+        except (ValueError, OSError) as exc:
+            raise OSError(getattr(exc, "errno", 1) or 1,
+                          f"setrlimit {limit.type} {limit.soft}:{limit.hard}: {exc}") from exc
+
+
+def _drop_privileges(spec: ContainerSpec, config: InitConfig, user: ResolvedUser) -> None:
+    caps = spec.process.capabilities
+    if spec.process.no_new_privileges:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
+    capabilities.drop_bounding(caps.bounding)
+    if config.seccomp_bpf is not None:
+        install_bpf(config.seccomp_bpf)
+    _set_ids(user, spec.uses_user_namespace)
+    capabilities.apply_sets(caps)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
+
+
+def _set_ids(user: ResolvedUser, userns: bool) -> None:
+    try:
+        if _setgroups_allowed(userns):
+            os.setgroups(list(user.additional_gids))
+        elif user.additional_gids:
+            raise OSError(1, "setgroups: denied in this user namespace (single-id map)")
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as exc:
+        raise OSError(exc.errno, f"set user {user.uid}:{user.gid}: {exc.strerror}") from exc
+
+
+def _setgroups_allowed(userns: bool) -> bool:
+    if not userns:
+        return True
+    return _read_text("/proc/self/setgroups").strip() != "deny"
+
+
+def _close_inherited_fds(keep: int) -> None:
+    """Only stdio and the (close-on-exec) channel cross into the container."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; ignored signals survive execve. Reset all."""
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _exec(spec: ContainerSpec, user: ResolvedUser) -> None:
+    env = _environment(spec, user)
+    args = list(spec.process.args)
+    path_var = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    _reset_signals()
+    candidates = [args[0]] if "/" in args[0] else [
+        os.path.join(d or ".", args[0]) for d in path_var.split(":")
+    ]
+    denied = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, args, dict(e.split("=", 1) for e in env if "=" in e))
+        except OSError as exc:
+            if exc.errno in (2, 20):  # ENOENT, ENOTDIR: keep looking
+                continue
+            if exc.errno == 13 and "/" not in args[0]:  # EACCES: remember, keep looking
+                denied = exc
+                continue
+            raise ExecError(exc.errno or 0, f'exec "{args[0]}": {exc.strerror}') from exc
+    if denied is not None:
+        raise ExecError(13, f'exec "{args[0]}": permission denied')
+    where = "no such file or directory" if "/" in args[0] else "executable file not found in $PATH"
+    raise ExecError(2, f'exec "{args[0]}": {where}')
+
+
+def _environment(spec: ContainerSpec, user: ResolvedUser) -> list[str]:
+    env = list(spec.process.env)
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={user.home}")
+    return env
