@@ -1,0 +1,251 @@
+"""Test harness for real containers: the rootless test user, a Python tree that user can
+run, the ``myctr`` runner for each mode, and the leak detector.
+
+Nothing here fakes the kernel: every container the tests start is a real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import importlib.metadata
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_USER = "myctr-test"
+SUBID_COUNT = 65536
+PACKAGES = ("supervisor", "runtime", "netplug")
+
+
+# --- the rootless test user -------------------------------------------------------------
+
+
+def ensure_test_user() -> pwd.struct_passwd:
+    """Create the unprivileged test user with /etc/subuid and /etc/subgid ranges."""
+    try:
+        entry = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True, capture_output=True,
+        )
+        entry = pwd.getpwnam(TEST_USER)
+    for path, flag in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
+        if not _has_range(path, entry):
+            start = _free_range_start(path)
+            subprocess.run(["usermod", flag, f"{start}-{start + SUBID_COUNT - 1}", TEST_USER],
+                           check=True, capture_output=True)
+    return entry
+
+
+def _has_range(path: str, entry: pwd.struct_passwd) -> bool:
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        return any(line.split(":")[0] in (entry.pw_name, str(entry.pw_uid)) for line in f)
+    return False
+
+
+def _free_range_start(path: str) -> int:
+    end = 100000
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        for line in f:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                end = max(end, int(parts[1]) + int(parts[2]))
+    return end
+
+
+def stage_python_tree(dest: Path) -> Path:
+    """Copy myctr and its installed dependencies into ``dest`` (world-readable) so the
+    test user can run them with the system python3 even when the checkout or the venv
+    lies below a directory it cannot enter (CI clones may live under /root)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, dest / package, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for dist_name in _dependency_closure("myctr"):
+        dist = importlib.metadata.distribution(dist_name)
+        for file in dist.files or ():
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and ".." not in file.parts and not file.parts[0].endswith(
+                    (".dist-info", ".pth")) and "__editable__" not in str(file):
+                target = dest / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def _dependency_closure(root: str) -> list[str]:
+    seen: list[str] = []
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if dist.metadata["Name"].lower() in (s.lower() for s in seen):
+            continue
+        seen.append(dist.metadata["Name"])
+        for req in dist.requires or ():
+            if "extra ==" in req or "platform_system == 'Windows'" in req:
+                continue
+            todo.append(req.split(";")[0].split("[")[0].split("<")[0].split(">")[0]
+                        .split("=")[0].split("!")[0].split("~")[0].strip())
+    return [s for s in seen if s.lower() != "myctr"]
+
+
+# --- running myctr ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        """The probe's one JSON line (the last line of stdout)."""
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert lines, f"no output; rc={self.returncode} stderr={self.stderr!r}"
+        return json.loads(lines[-1])
+
+
+@dataclass
+class Myctr:
+    """Runs the real ``myctr`` CLI as root or as the rootless test user."""
+
+    mode: str  # "root" | "rootless"
+    state_root: Path
+    rootfs: Path
+    staged: Path | None = None
+    user: pwd.struct_passwd | None = None
+
+    def command(self, *args: str) -> list[str]:
+        base = ["--root", str(self.state_root), *args]
+        if self.mode == "root":
+            return [sys.executable, "-m", "supervisor", *base]
+        assert self.user is not None and self.staged is not None
+        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
+                "--init-groups", "--reset-env", "env", f"PYTHONPATH={self.staged}",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/usr/bin/python3", "-m", "supervisor",
+                *base]
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> Result:
+        proc = subprocess.run(self.command(*args), input=input, capture_output=True,
+                              text=True, timeout=timeout, stdin=None if input is not None
+                              else subprocess.DEVNULL)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def run(self, *args: str, **kwargs: object) -> Result:
+        """``myctr run --rm --rootfs ROOTFS ARGS...``"""
+        return self("run", "--rm", "--rootfs", str(self.rootfs), *args, **kwargs)  # type: ignore[arg-type]
+
+    def probe(self, *args: str, options: tuple[str, ...] = ()) -> dict:  # type: ignore[type-arg]
+        result = self.run(*options, "/probe", *args)
+        assert result.returncode == 0, result
+        return result.json()
+
+
+def make_shared_dir(prefix: str) -> Path:
+    """A temp dir every user can enter (pytest's tmp_path is mode 0700 below /tmp)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def chown_tree(path: Path, user: pwd.struct_passwd | None) -> None:
+    if user is None:
+        return
+    for p in [path, *path.rglob("*")]:
+        os.lchown(p, user.pw_uid, user.pw_gid)
+
+
+# --- leaks ------------------------------------------------------------------------------
+
+
+def mounts_mentioning(text: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.strip() for line in f if text in line]
+
+
+def processes_using(text: str) -> list[int]:
+    """Pids whose mount table mentions ``text`` (a container's overlay names its dirs)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/mountinfo") as f:
+            if text in f.read():
+                pids.append(int(entry))
+    return pids
+
+
+def leftovers(state_root: Path) -> dict[str, list[str]]:
+    """Everything a container of this state root may have left behind."""
+    containers = state_root / "data" / "containers"
+    found = {
+        "mounts": mounts_mentioning(str(state_root)),
+        "processes": [str(p) for p in processes_using(str(state_root))],
+        "container_dirs": sorted(os.listdir(containers)) if containers.exists() else [],
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def group_name(gid: int) -> str:
+    return grp.getgrgid(gid).gr_name
+
+
+def run_in_pty(command: list[str], dialogue: tuple[tuple[str, bytes], ...] = (),
+               timeout: float = 30) -> tuple[int, str]:
+    """Run ``command`` with a pseudo-terminal as its stdio. ``dialogue`` is a list of
+    (text to wait for, bytes to type then). Return (exit status, all terminal output)."""
+    import select
+    import time
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    output = bytearray()
+    steps = list(dialogue)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if steps and steps[0][0].encode() in output:
+                os.write(master, steps.pop(0)[1])
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        returncode = proc.wait(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return returncode, output.decode(errors="replace")
+
+
+def container_states(state_root: Path) -> list[dict]:  # type: ignore[type-arg]
+    containers = state_root / "data" / "containers"
+    return [json.loads((d / "state.json").read_text()) for d in containers.iterdir()
+            if (d / "state.json").exists()]
