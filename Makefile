@@ -21,7 +21,7 @@ endef
 $(VENV)/.installed: pyproject.toml
 	/usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 deps:

@@ -19,39 +19,32 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class MappingWritten:
-    pass
+class MappingWritten(NamedTuple):
+    """The parent wrote the id maps: the init may become root in its namespace."""
 
 
-@dataclass(frozen=True)
-class Ready:
-    pass
+class Ready(NamedTuple):
+    """The init built its root and stands before exec."""
 
 
-@dataclass(frozen=True)
-class Start:
-    pass
+class Start(NamedTuple):
+    """The parent set up everything outside: exec now."""
 
 
-@dataclass(frozen=True)
-class SetupFailed:
+class SetupFailed(NamedTuple):
     errno: int
     message: str
 
 
-@dataclass(frozen=True)
-class ExecFailed:
+class ExecFailed(NamedTuple):
     errno: int
     message: str
 
 
-@dataclass(frozen=True)
-class PtyMaster:
+class PtyMaster(NamedTuple):
     fd: int = -1
 
 
@@ -70,8 +63,6 @@ class ChannelClosed(Exception):
 class Channel:
     """One end of the handshake socketpair."""
 
-    is_parent: ClassVar[bool]
-
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
@@ -85,7 +76,7 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, message: Message) -> None:
-        fields = asdict(message)
+        fields = message._asdict()
         fds = [fields.pop("fd")] if isinstance(message, PtyMaster) else []
         payload = json.dumps({"type": type(message).__name__, **fields}).encode()
         socket.send_fds(self.sock, [payload], fds)

@@ -12,13 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import Conflict, NotFound
 from .paths import StatePaths
@@ -27,8 +23,7 @@ STATE_FILE = "state.json"
 SPEC_FILE = "config.json"
 
 
-@dataclass(frozen=True)
-class ContainerState:
+class ContainerState(NamedTuple):
     id: str
     name: str
     status: str  # created | running | exited
@@ -43,7 +38,7 @@ class ContainerState:
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()
 
 
 def process_start_time(pid: int) -> int:
@@ -57,12 +52,15 @@ def process_start_time(pid: int) -> int:
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write ``path`` whole or not at all; ``durable`` also survives a power loss."""
+    head, tail = os.path.split(path)
+    tmp = os.path.join(head, f".{tail}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -75,39 +73,42 @@ class ContainerDir:
         self.path = paths.container_dir(container_id)
 
     @property
-    def upper(self) -> Path:
-        return self.path / "upper"
+    def upper(self) -> str:
+        return os.path.join(self.path, "upper")
 
     @property
-    def work(self) -> Path:
-        return self.path / "work"
+    def work(self) -> str:
+        return os.path.join(self.path, "work")
 
     @property
-    def merged(self) -> Path:
-        return self.path / "merged"
+    def merged(self) -> str:
+        return os.path.join(self.path, "merged")
 
     @property
-    def etc(self) -> Path:
-        return self.path / "etc"
+    def etc(self) -> str:
+        return os.path.join(self.path, "etc")
 
     def create(self, state: ContainerState) -> None:
-        self.path.mkdir(mode=0o700)
+        os.mkdir(self.path, 0o700)
         for sub in (self.upper, self.work, self.merged, self.etc):
-            sub.mkdir(mode=0o755)
+            os.mkdir(sub, 0o755)
         self.write_state(state)
 
     def write_state(self, state: ContainerState) -> None:
-        atomic_write(self.path / STATE_FILE, json.dumps(asdict(state)).encode())
+        atomic_write(os.path.join(self.path, STATE_FILE), json.dumps(state._asdict()).encode())
 
     def read_state(self) -> ContainerState:
         try:
-            doc = json.loads((self.path / STATE_FILE).read_bytes())
+            with open(os.path.join(self.path, STATE_FILE), "rb") as f:
+                doc = json.loads(f.read())
         except FileNotFoundError:
             raise NotFound(f"no such container: {self.id}") from None
         return ContainerState(**doc)
 
     def write_spec(self, doc: dict[str, Any]) -> None:
-        atomic_write(self.path / SPEC_FILE, json.dumps(doc, indent=1).encode())
+        """The spec is derived data (a crash sweeps the container): no fsync."""
+        atomic_write(os.path.join(self.path, SPEC_FILE), json.dumps(doc).encode(),
+                     durable=False)
 
     def write_etc_files(self, hostname: str, host_network: bool) -> dict[str, str]:
         """Write hostname, hosts, resolv.conf; return {container path: host path}."""
@@ -118,19 +119,21 @@ class ContainerDir:
             "hosts": hosts,
             "resolv.conf": resolv_conf(_read("/etc/resolv.conf"), keep_loopback=host_network),
         }
+        paths = {f"/etc/{name}": os.path.join(self.etc, name) for name in files}
         for name, text in files.items():
-            atomic_write(self.etc / name, text.encode(), mode=0o644)
-        return {f"/etc/{name}": str(self.etc / name) for name in files}
+            atomic_write(paths[f"/etc/{name}"], text.encode(), mode=0o644, durable=False)
+        return paths
 
-    def remove(self, remover: Callable[[Path], None] | None = None) -> None:
+    def remove(self, remover: Callable[[str], None] | None = None) -> None:
         """Remove the directory (through ``remover`` when its files belong to ids only a
         user namespace can touch), then the state file last."""
-        if not self.path.exists():
+        if not os.path.exists(self.path):
             return
-        for sub in (self.upper, self.work, self.merged, self.etc):
-            if sub.exists():
-                (remover or _rmtree)(sub)
-        _rmtree(self.path)
+        if remover is not None:
+            for sub in (self.upper, self.work):  # overlay leaves work/work mode 000
+                if os.path.exists(sub):
+                    remover(sub)
+        rmtree(self.path)
 
 
 def resolv_conf(host_text: str, keep_loopback: bool) -> str:
@@ -148,9 +151,9 @@ def resolv_conf(host_text: str, keep_loopback: bool) -> str:
 
 def claim_name(paths: StatePaths, name: str, container_id: str) -> None:
     try:
-        os.symlink(container_id, paths.names / name)
+        os.symlink(container_id, os.path.join(paths.names, name))
     except FileExistsError:
-        owner = os.readlink(paths.names / name)
+        owner = os.readlink(os.path.join(paths.names, name))
         raise Conflict(
             f'the container name "{name}" is already in use by {owner[:12]}; '
             "remove that container to reuse the name"
@@ -158,16 +161,16 @@ def claim_name(paths: StatePaths, name: str, container_id: str) -> None:
 
 
 def release_name(paths: StatePaths, name: str, container_id: str) -> None:
-    link = paths.names / name
+    link = os.path.join(paths.names, name)
     with contextlib.suppress(FileNotFoundError):
         if os.readlink(link) == container_id:
-            link.unlink()
+            os.unlink(link)
 
 
 def lookup(paths: StatePaths, ref: str) -> ContainerDir:
     """A container by name, full id or unique id prefix."""
     with contextlib.suppress(OSError):
-        return ContainerDir(paths, os.readlink(paths.names / ref))
+        return ContainerDir(paths, os.readlink(os.path.join(paths.names, ref)))
     matches = [d for d in _ids(paths) if d.startswith(ref)] if ref else []
     if len(matches) == 1:
         return ContainerDir(paths, matches[0])
@@ -212,9 +215,7 @@ def sweep_stale(paths: StatePaths, remover: Callable[[ContainerDir], None]) -> l
 
 
 def _exited(state: ContainerState) -> ContainerState:
-    doc = asdict(state)
-    doc.update(status="exited", exit_code=137)
-    return ContainerState(**doc)
+    return state._replace(status="exited", exit_code=137)
 
 
 def _ids(paths: StatePaths) -> list[str]:
@@ -224,14 +225,16 @@ def _ids(paths: StatePaths) -> list[str]:
         return []
 
 
-def _older_than(path: Path, seconds: float) -> bool:
+def _older_than(path: str, seconds: float) -> bool:
     try:
-        return time.time() - path.stat().st_mtime > seconds
+        return time.time() - os.stat(path).st_mtime > seconds
     except FileNotFoundError:
         return False
 
 
-def _rmtree(path: Path) -> None:
+def rmtree(path: str) -> None:
+    import shutil
+
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
 
 from . import libc
 from .channel import (
@@ -49,15 +48,15 @@ def clone_flags(spec: ContainerSpec) -> int:
     return flags
 
 
-@dataclass
 class InitProcess:
     """A container init that stands before exec, or (after ``start``) runs."""
 
-    pid: int
-    pidfd: int
-    channel: Channel
-    pty_master: int | None = None
-    reaped: bool = False
+    def __init__(self, pid: int, pidfd: int, channel: Channel) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.channel = channel
+        self.pty_master: int | None = None
+        self.reaped = False
 
     def wait(self) -> int:
         """Reap the init; its exit code as ``os.waitstatus_to_exitcode`` gives it."""

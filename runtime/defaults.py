@@ -9,7 +9,7 @@ root (all of them rootless), docker's 14 capabilities, the default seccomp profi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import capabilities
 from .idmap import IdMapPlan
@@ -53,8 +53,7 @@ INIT_PATH_IN_CONTAINER = "/dev/init"
 TTY_GID = 5
 
 
-@dataclass(frozen=True)
-class RunRequest:
+class RunRequest(NamedTuple):
     """``myctr run``'s options, already validated at the edge."""
 
     rootfs: str

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import HostError, SpecError
 from .spec import IdMapping
@@ -20,14 +19,12 @@ SUBUID_FILE = "/etc/subuid"
 SUBGID_FILE = "/etc/subgid"
 
 
-@dataclass(frozen=True)
-class SubIdRange:
+class SubIdRange(NamedTuple):
     start: int
-    count: int
+    size: int
 
 
-@dataclass(frozen=True)
-class IdMapPlan:
+class IdMapPlan(NamedTuple):
     uid_mappings: tuple[IdMapping, ...]
     gid_mappings: tuple[IdMapping, ...]
     warning: str | None = None
@@ -48,11 +45,11 @@ def parse_subid(text: str, user: str, uid: int) -> tuple[SubIdRange, ...]:
         if len(parts) != 3 or parts[0] not in (user, str(uid)):
             continue
         try:
-            start, count = int(parts[1]), int(parts[2])
+            start, size = int(parts[1]), int(parts[2])
         except ValueError:
             continue
-        if count > 0:
-            ranges.append(SubIdRange(start, count))
+        if size > 0:
+            ranges.append(SubIdRange(start, size))
     return tuple(ranges)
 
 
@@ -61,8 +58,8 @@ def rootless_mappings(host_id: int, ranges: Sequence[SubIdRange]) -> tuple[IdMap
     maps = [IdMapping(container_id=0, host_id=host_id, size=1)]
     next_id = 1
     for r in ranges:
-        maps.append(IdMapping(container_id=next_id, host_id=r.start, size=r.count))
-        next_id += r.count
+        maps.append(IdMapping(container_id=next_id, host_id=r.start, size=r.size))
+        next_id += r.size
     return tuple(maps)
 
 
@@ -137,6 +134,8 @@ def _helper_args(tool: str, pid: int, mappings: Iterable[IdMapping]) -> list[str
 
 
 def _write_with_helpers(pid: int, plan: IdMapPlan) -> None:
+    import subprocess
+
     procs = [
         subprocess.Popen(
             _helper_args(tool, pid, maps), stdin=subprocess.DEVNULL,

@@ -17,7 +17,7 @@ import signal
 import socket
 import struct
 import termios
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import capabilities, libc, rootfs
 from .channel import Channel, ExecFailed, MappingWritten, PtyMaster, Ready, SetupFailed, Start
@@ -33,8 +33,7 @@ _TIOCGPTN = 0x80045430
 _TIOCSPTLCK = 0x40045431
 
 
-@dataclass(frozen=True)
-class InitConfig:
+class InitConfig(NamedTuple):
     """What the init needs besides the spec: the overlay's host dirs, and whether its
     stdin is /dev/null (``run`` without ``-i``) instead of the caller's."""
 

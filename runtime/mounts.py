@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import libc
 from .spec import Mount
@@ -61,8 +61,7 @@ _LOCKABLE = {
 }
 
 
-@dataclass(frozen=True)
-class MountOptions:
+class MountOptions(NamedTuple):
     flags: int
     propagation: int
     data: str

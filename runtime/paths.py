@@ -8,31 +8,30 @@ As root: ``/var/lib/myctr`` (containers, images), ``/run/myctr`` (sockets),
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class StatePaths:
-    data: Path
-    run: Path
-    log: Path
+class StatePaths(NamedTuple):
+    data: str
+    run: str
+    log: str
 
     @property
-    def containers(self) -> Path:
-        return self.data / "containers"
+    def containers(self) -> str:
+        return os.path.join(self.data, "containers")
 
     @property
-    def names(self) -> Path:
-        return self.data / "names"
+    def names(self) -> str:
+        return os.path.join(self.data, "names")
 
-    def container_dir(self, container_id: str) -> Path:
-        return self.containers / container_id
+    def container_dir(self, container_id: str) -> str:
+        return os.path.join(self.containers, container_id)
 
     @classmethod
     def under(cls, root: str | os.PathLike[str]) -> StatePaths:
-        base = Path(root).absolute()
-        return cls(data=base / "data", run=base / "run", log=base / "log")
+        base = os.path.abspath(root)
+        return cls(data=os.path.join(base, "data"), run=os.path.join(base, "run"),
+                   log=os.path.join(base, "log"))
 
     @classmethod
     def default(cls, environ: dict[str, str] | None = None, uid: int | None = None) -> StatePaths:
@@ -41,14 +40,14 @@ class StatePaths:
             return cls.under(env["MYCTR_ROOT"])
         uid = os.geteuid() if uid is None else uid
         if uid == 0:
-            return cls(Path("/var/lib/myctr"), Path("/run/myctr"), Path("/var/log/myctr"))
-        home = Path(env.get("HOME") or f"/tmp/myctr-{uid}")
-        data = Path(env.get("XDG_DATA_HOME") or home / ".local/share") / "myctr"
-        state = Path(env.get("XDG_STATE_HOME") or home / ".local/state") / "myctr"
+            return cls("/var/lib/myctr", "/run/myctr", "/var/log/myctr")
+        home = env.get("HOME") or f"/tmp/myctr-{uid}"
+        data = os.path.join(env.get("XDG_DATA_HOME") or f"{home}/.local/share", "myctr")
+        state = os.path.join(env.get("XDG_STATE_HOME") or f"{home}/.local/state", "myctr")
         runtime_dir = env.get("XDG_RUNTIME_DIR")
-        run = Path(runtime_dir) / "myctr" if runtime_dir else Path(f"/tmp/myctr-run-{uid}")
-        return cls(data=data, run=run, log=state / "logs")
+        run = os.path.join(runtime_dir, "myctr") if runtime_dir else f"/tmp/myctr-run-{uid}"
+        return cls(data=data, run=run, log=os.path.join(state, "logs"))
 
     def ensure(self) -> None:
         for path in (self.data, self.containers, self.names, self.run, self.log):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.makedirs(path, mode=0o700, exist_ok=True)

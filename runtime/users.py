@@ -6,28 +6,25 @@ passwd entry, else ``/``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import SpecError
 
 
-@dataclass(frozen=True)
-class PasswdEntry:
+class PasswdEntry(NamedTuple):
     name: str
     uid: int
     gid: int
     home: str
 
 
-@dataclass(frozen=True)
-class GroupEntry:
+class GroupEntry(NamedTuple):
     name: str
     gid: int
     members: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ResolvedUser:
+class ResolvedUser(NamedTuple):
     uid: int
     gid: int
     additional_gids: tuple[int, ...]

@@ -154,6 +154,9 @@ def _invoke(args: list[str]) -> int:
     except ContainerError as exc:
         click.echo(f"myctr: {exc}", err=True)
         return exc.exit_code
+    except OSError as exc:  # a host failure no layer translated: still one line
+        click.echo(f"myctr: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        return EXIT_MYCTR_ERROR
     except KeyboardInterrupt:
         return 130
     return result if isinstance(result, int) else 0

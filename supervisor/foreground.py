@@ -21,7 +21,7 @@ import termios
 import time
 import tty
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from runtime import containerdir, idmap, libc
 from runtime.containerdir import ContainerDir, ContainerState
@@ -42,8 +42,7 @@ FORWARDED_SIGNALS = (
 )
 
 
-@dataclass(frozen=True)
-class ForegroundRun:
+class ForegroundRun(NamedTuple):
     request: RunRequest
     name: str | None
     auto_remove: bool
@@ -66,13 +65,14 @@ def id_map_plan(run: ForegroundRun) -> IdMapPlan | None:
     return None
 
 
-def rootless_remover(plan: IdMapPlan | None) -> Callable[[os.PathLike[str]], None] | None:
+def rootless_remover(plan: IdMapPlan | None) -> Callable[[str], None] | None:
+    """Rootless, the upper dir holds files of subordinate ids: remove it as root of a
+    user namespace with the container's maps."""
     if plan is None or os.geteuid() == 0:
         return None
 
-    def remove(path: os.PathLike[str]) -> None:
-        idmap.run_in_user_namespace(plan, lambda: containerdir._rmtree(path),
-                                    f"remove {path}")
+    def remove(path: str) -> None:
+        idmap.run_in_user_namespace(plan, lambda: containerdir.rmtree(path), f"remove {path}")
 
     return remove
 
@@ -89,7 +89,7 @@ def run_foreground(paths: StatePaths, run: ForegroundRun) -> int:
     cid = containerdir.new_id()
     name = run.name or f"myctr-{cid[:12]}"
     if not request.hostname:
-        run = replace(run, request=replace(request, hostname=cid[:12]))
+        run = run._replace(request=request._replace(hostname=cid[:12]))
     containerdir.claim_name(paths, name, cid)
     cdir = ContainerDir(paths, cid)
     state = ContainerState(
@@ -108,13 +108,13 @@ def run_foreground(paths: StatePaths, run: ForegroundRun) -> int:
 
 
 def _finish(cdir: ContainerDir, state: ContainerState, run: ForegroundRun,
-            remover: Callable[[os.PathLike[str]], None] | None,
+            remover: Callable[[str], None] | None,
             exit_code: int | None) -> None:
     if run.auto_remove:
         cdir.remove(remover)
         containerdir.release_name(cdir.paths, state.name, cdir.id)
-    elif cdir.path.exists():
-        cdir.write_state(replace(state, status="exited", exit_code=exit_code, pid=0))
+    elif os.path.exists(cdir.path):
+        cdir.write_state(state._replace(status="exited", exit_code=exit_code, pid=0))
 
 
 def _create_and_wait(cdir: ContainerDir, state: ContainerState, run: ForegroundRun,
@@ -125,14 +125,14 @@ def _create_and_wait(cdir: ContainerDir, state: ContainerState, run: ForegroundR
     spec = build_spec(request, plan, files, profile)
     cdir.write_spec(spec.to_oci())
     config = InitConfig(
-        lower=(os.path.realpath(request.rootfs),), upper=str(cdir.upper),
-        work=str(cdir.work), merged=str(cdir.merged),
+        lower=(os.path.realpath(request.rootfs),), upper=cdir.upper,
+        work=cdir.work, merged=cdir.merged,
         stdin_devnull=not run.interactive,
         seccomp_bpf=_compile_seccomp(profile),
     )
     process = _create(spec, config, plan)
     try:
-        cdir.write_state(replace(state, status="running", pid=process.pid))
+        cdir.write_state(state._replace(status="running", pid=process.pid))
         log.debug("container created", container_id=cdir.id, pid=process.pid)
         if process.pty_master is not None:
             return _run_with_terminal(process, run.interactive)
