@@ -27,14 +27,17 @@ $(VENV)/.installed: pyproject.toml
 deps:
 	$(call apt_ensure,$(RUNTIME_PKGS))
 	@$(MAKE) -s $(VENV)/.installed
+	@$(PY) -m compileall -q supervisor runtime netplug
 
 test-deps:
 	$(call apt_ensure,$(TEST_PKGS))
 	@$(MAKE) -s $(VENV)/.installed
+	@$(PY) -m compileall -q supervisor runtime netplug
 
 bench-deps:
 	$(call apt_ensure,$(BENCH_PKGS))
 	@$(MAKE) -s $(VENV)/.installed
+	@$(PY) -m compileall -q supervisor runtime netplug
 
 demo: deps
 	$(VENV)/bin/myctr rootfs bootstrap busybox --force $(DEMO_ROOTFS)
