@@ -94,6 +94,13 @@ class ContainerDir:
             os.mkdir(sub, 0o755)
         self.write_state(state)
 
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Give the overlay dirs to the container's root when it is another host id
+        (root with ``--uidmap``): it mounts the overlay from inside its namespace."""
+        os.chmod(self.path, 0o711)
+        for sub in (self.upper, self.work, self.merged):
+            os.chown(sub, uid, gid)
+
     def write_state(self, state: ContainerState) -> None:
         atomic_write(os.path.join(self.path, STATE_FILE), json.dumps(state._asdict()).encode())
 

@@ -49,5 +49,10 @@ class StatePaths(NamedTuple):
         return cls(data=data, run=run, log=os.path.join(state, "logs"))
 
     def ensure(self) -> None:
-        for path in (self.data, self.containers, self.names, self.run, self.log):
+        """Create the directories; data and containers are traversable (0711) so that a
+        container root mapped to another host id (``--uidmap``) reaches its own dirs."""
+        for path in (self.data, self.containers):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+            os.chmod(path, 0o711)
+        for path in (self.names, self.run, self.log):
             os.makedirs(path, mode=0o700, exist_ok=True)

@@ -101,10 +101,20 @@ def run_foreground(paths: StatePaths, run: ForegroundRun) -> int:
     exit_code: int | None = None
     try:
         cdir.create(state)
+        if plan is not None and os.geteuid() == 0:
+            cdir.hand_over(_host_id(plan.uid_mappings), _host_id(plan.gid_mappings))
         exit_code = _create_and_wait(cdir, state, run, plan)
         return exit_code
     finally:
         _finish(cdir, state, run, remover, exit_code)
+
+
+def _host_id(mappings: tuple[idmap.IdMapping, ...]) -> int:
+    """The host id that container id 0 maps to."""
+    for m in mappings:
+        if m.container_id == 0:
+            return m.host_id
+    raise SpecError("the id map must map container id 0 (root)")
 
 
 def _finish(cdir: ContainerDir, state: ContainerState, run: ForegroundRun,

@@ -52,6 +52,24 @@ class TestUserNamespace:
             assert uid_map[0] == ["0", str(myctr.user.pw_uid), "1"]
             assert uid_map[1][0] == "1" and int(uid_map[1][2]) == 65536
 
+    def test_uidmap_as_root(self, myctr: Myctr) -> None:
+        """Root with --uidmap runs in a user namespace with that map; rootless is refused."""
+        if myctr.mode == "rootless":
+            result = myctr.run("--uidmap", "0:1:1", "/bin/true")
+            assert result.returncode == 125 and "--uidmap/--gidmap are for root" in result.stderr
+            return
+        import shutil
+        import subprocess
+
+        rootfs = myctr.state_root / "mapped-rootfs"
+        shutil.copytree(myctr.rootfs, rootfs, symlinks=True)
+        subprocess.run(["chown", "-R", "-h", "300000:300000", str(rootfs)], check=True)
+        mapped = type(myctr)(myctr.mode, myctr.state_root, rootfs)
+        info = mapped.probe("info", options=("--uidmap", "0:300000:65536"))
+        assert info["uid_map"].split() == ["0", "300000", "65536"]
+        assert mapped.probe("write", "/etc/x", "y", options=("--uidmap", "0:300000:65536"))["ok"]
+        shutil.rmtree(rootfs)
+
     def test_user_option_switches_ids(self, myctr: Myctr) -> None:
         """-u 1000:100 runs as that uid and gid with empty capability sets."""
         info = myctr.probe("info", options=("-u", "1000:100"))
