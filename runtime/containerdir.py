@@ -1,10 +1,6 @@
-"""A container's directory on disk: its spec, overlay upper/work/merged dirs, the
-files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf, and a small state
-record. Every write is atomic (write a temp file, fsync, rename); a name is claimed
-with an atomic symlink so two ``run --name x`` cannot both win.
-
-A directory whose owner process is gone (``kill -9`` of ``myctr run``) is found by
-:func:`sweep_stale` and removed, so a crash leaves nothing behind for long.
+"""A container's directory on disk: its spec (config.json), the overlay's upper, work
+and merged dirs, and the files it gets at /etc/hostname, /etc/hosts and
+/etc/resolv.conf. Writes are atomic (a temp file renamed into place).
 """
 
 from __future__ import annotations
@@ -12,29 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
-from .errors import Conflict, NotFound
 from .paths import StatePaths
 
-STATE_FILE = "state.json"
 SPEC_FILE = "config.json"
-
-
-class ContainerState(NamedTuple):
-    id: str
-    name: str
-    status: str  # created | running | exited
-    owner_pid: int
-    owner_start: int
-    auto_remove: bool
-    created: float
-    pid: int = 0
-    exit_code: int | None = None
-    rootless: bool = False
-    user_namespace: bool = False
 
 
 def new_id() -> str:
@@ -88,11 +67,10 @@ class ContainerDir:
     def etc(self) -> str:
         return os.path.join(self.path, "etc")
 
-    def create(self, state: ContainerState) -> None:
+    def make_dirs(self) -> None:
         os.mkdir(self.path, 0o700)
         for sub in (self.upper, self.work, self.merged, self.etc):
             os.mkdir(sub, 0o755)
-        self.write_state(state)
 
     def hand_over(self, uid: int, gid: int) -> None:
         """Give the overlay dirs to the container's root when it is another host id
@@ -101,19 +79,8 @@ class ContainerDir:
         for sub in (self.upper, self.work, self.merged):
             os.chown(sub, uid, gid)
 
-    def write_state(self, state: ContainerState) -> None:
-        atomic_write(os.path.join(self.path, STATE_FILE), json.dumps(state._asdict()).encode())
-
-    def read_state(self) -> ContainerState:
-        try:
-            with open(os.path.join(self.path, STATE_FILE), "rb") as f:
-                doc = json.loads(f.read())
-        except FileNotFoundError:
-            raise NotFound(f"no such container: {self.id}") from None
-        return ContainerState(**doc)
-
     def write_spec(self, doc: dict[str, Any]) -> None:
-        """The spec is derived data (a crash sweeps the container): no fsync."""
+        """The spec is derived data (the database is the truth): no fsync."""
         atomic_write(os.path.join(self.path, SPEC_FILE), json.dumps(doc).encode(),
                      durable=False)
 
@@ -132,8 +99,8 @@ class ContainerDir:
         return paths
 
     def remove(self, remover: Callable[[str], None] | None = None) -> None:
-        """Remove the directory (through ``remover`` when its files belong to ids only a
-        user namespace can touch), then the state file last."""
+        """Remove the directory; ``remover`` takes the overlay dirs when their files
+        belong to ids only a user namespace can touch (rootless)."""
         if not os.path.exists(self.path):
             return
         if remover is not None:
@@ -154,89 +121,6 @@ def resolv_conf(host_text: str, keep_loopback: bool) -> str:
             continue
         lines.append(line)
     return "\n".join(lines) + "\n" if lines else ""
-
-
-def claim_name(paths: StatePaths, name: str, container_id: str) -> None:
-    try:
-        os.symlink(container_id, os.path.join(paths.names, name))
-    except FileExistsError:
-        owner = os.readlink(os.path.join(paths.names, name))
-        raise Conflict(
-            f'the container name "{name}" is already in use by {owner[:12]}; '
-            "remove that container to reuse the name"
-        ) from None
-
-
-def release_name(paths: StatePaths, name: str, container_id: str) -> None:
-    link = os.path.join(paths.names, name)
-    with contextlib.suppress(FileNotFoundError):
-        if os.readlink(link) == container_id:
-            os.unlink(link)
-
-
-def lookup(paths: StatePaths, ref: str) -> ContainerDir:
-    """A container by name, full id or unique id prefix."""
-    with contextlib.suppress(OSError):
-        return ContainerDir(paths, os.readlink(os.path.join(paths.names, ref)))
-    matches = [d for d in _ids(paths) if d.startswith(ref)] if ref else []
-    if len(matches) == 1:
-        return ContainerDir(paths, matches[0])
-    if len(matches) > 1:
-        raise Conflict(f"container id prefix {ref!r} is ambiguous")
-    raise NotFound(f"no such container: {ref}")
-
-
-def list_states(paths: StatePaths) -> list[ContainerState]:
-    states = []
-    for container_id in _ids(paths):
-        with contextlib.suppress(NotFound, ValueError, TypeError):
-            states.append(ContainerDir(paths, container_id).read_state())
-    return sorted(states, key=lambda s: s.created)
-
-
-def owner_alive(state: ContainerState) -> bool:
-    return process_start_time(state.owner_pid) == state.owner_start
-
-
-def sweep_stale(paths: StatePaths, remover: Callable[[ContainerDir], None]) -> list[str]:
-    """Remove containers whose ``myctr run`` died without cleaning up (kill -9); a
-    dead owner's container is dead too (its init had PDEATHSIG). Returns their ids."""
-    removed = []
-    for container_id in _ids(paths):
-        cdir = ContainerDir(paths, container_id)
-        try:
-            state = cdir.read_state()
-        except (NotFound, ValueError, TypeError):
-            if _older_than(cdir.path, 60):
-                remover(cdir)  # never got a state file: a crash during create
-                removed.append(container_id)
-            continue
-        if state.status != "exited" and not owner_alive(state):
-            if state.auto_remove:
-                remover(cdir)
-                release_name(paths, state.name, container_id)
-            else:
-                cdir.write_state(_exited(state))
-            removed.append(container_id)
-    return removed
-
-
-def _exited(state: ContainerState) -> ContainerState:
-    return state._replace(status="exited", exit_code=137)
-
-
-def _ids(paths: StatePaths) -> list[str]:
-    try:
-        return [e for e in os.listdir(paths.containers) if not e.startswith(".")]
-    except FileNotFoundError:
-        return []
-
-
-def _older_than(path: str, seconds: float) -> bool:
-    try:
-        return time.time() - os.stat(path).st_mtime > seconds
-    except FileNotFoundError:
-        return False
 
 
 def rmtree(path: str) -> None:

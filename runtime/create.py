@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 from . import libc
 from .channel import (
@@ -51,12 +52,13 @@ def clone_flags(spec: ContainerSpec) -> int:
 class InitProcess:
     """A container init that stands before exec, or (after ``start``) runs."""
 
-    def __init__(self, pid: int, pidfd: int, channel: Channel) -> None:
+    def __init__(self, pid: int, pidfd: int, channel: Channel, ours: bool = True) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.channel = channel
         self.pty_master: int | None = None
         self.reaped = False
+        self.ours = ours  # our child, so ours to reap (not with CLONE_PARENT)
 
     def wait(self) -> int:
         """Reap the init; its exit code as ``os.waitstatus_to_exitcode`` gives it."""
@@ -79,10 +81,12 @@ class InitProcess:
         raise SetupFailedError(getattr(reply, "errno", 0), getattr(reply, "message", repr(reply)))
 
     def kill_and_reap(self) -> None:
+        """Kill the init; reap it if it is our child (else its parent reaps it)."""
         if not self.reaped and self.pidfd >= 0:
             with contextlib.suppress(ProcessLookupError):  # it exited already
                 libc.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            self.wait()
+            if self.ours:
+                self.wait()
         self.close()
 
     def close(self) -> None:
@@ -94,22 +98,54 @@ class InitProcess:
             self.pty_master = None
 
 
-def create(spec: ContainerSpec, paths: InitConfig, plan: IdMapPlan | None) -> InitProcess:
-    """Clone the init into its namespaces and run it up to the point before exec."""
+def create(
+    spec: ContainerSpec,
+    paths: InitConfig,
+    plan: IdMapPlan | None,
+    stdio: tuple[int, int, int] | None = None,
+    clone_parent: bool = False,
+) -> InitProcess:
+    """Clone the init into its namespaces and run it up to the point before exec.
+
+    ``stdio`` are the init's fds 0, 1, 2 (default: ours). ``clone_parent`` makes the
+    init a child of our parent (the zygote creates inits for the supervisor this way);
+    on failure such an init is killed and its pid put on the exception as ``init_pid``
+    for the parent to reap.
+    """
     parent_end, child_end = Channel.pair()
-    pid, pidfd = libc.clone3(clone_flags(spec))
-    if pid == 0:
-        parent_end.close()
-        run_init(spec, paths, child_end)  # never returns
+    flags = clone_flags(spec) | (libc.CLONE_PARENT if clone_parent else 0)
+    with _stdio_for_child(stdio):
+        pid, pidfd = libc.clone3(flags)
+        if pid == 0:
+            parent_end.close()
+            run_init(spec, paths, child_end)  # never returns
     child_end.close()
-    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end)
+    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=not clone_parent)
     try:
         _handshake(process, spec, plan)
-    except BaseException:
+    except BaseException as exc:
         process.channel.close()
         process.kill_and_reap()
+        exc.init_pid = pid  # type: ignore[attr-defined]
         raise
     return process
+
+
+@contextlib.contextmanager
+def _stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
+    """Put ``stdio`` on fds 0-2 around the clone, then restore ours (single-threaded)."""
+    if stdio is None:
+        yield
+        return
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    try:
+        for fd, source in enumerate(stdio):
+            os.dup2(source, fd)
+        yield
+    finally:
+        for fd, source in enumerate(saved):
+            os.dup2(source, fd)
+            os.close(source)
 
 
 def _handshake(process: InitProcess, spec: ContainerSpec, plan: IdMapPlan | None) -> None:

@@ -27,6 +27,7 @@ SYS_CLONE3 = 435
 
 CLONE_NEWTIME = 0x00000080
 CLONE_PIDFD = 0x00001000
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -110,7 +111,8 @@ def clone3(flags: int, cgroup_fd: int | None = None) -> tuple[int, int]:
     args = _CloneArgs()
     args.flags = flags | CLONE_PIDFD
     args.pidfd = ctypes.addressof(pidfd)
-    args.exit_signal = signal.SIGCHLD
+    # With CLONE_PARENT the child inherits our exit signal; clone3 wants 0 here then.
+    args.exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
     if cgroup_fd is not None:
         args.flags |= CLONE_INTO_CGROUP
         args.cgroup = cgroup_fd

@@ -15,14 +15,11 @@ class StatePaths(NamedTuple):
     data: str
     run: str
     log: str
+    base: str | None = None  # set by --root / MYCTR_ROOT
 
     @property
     def containers(self) -> str:
         return os.path.join(self.data, "containers")
-
-    @property
-    def names(self) -> str:
-        return os.path.join(self.data, "names")
 
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.containers, container_id)
@@ -31,7 +28,7 @@ class StatePaths(NamedTuple):
     def under(cls, root: str | os.PathLike[str]) -> StatePaths:
         base = os.path.abspath(root)
         return cls(data=os.path.join(base, "data"), run=os.path.join(base, "run"),
-                   log=os.path.join(base, "log"))
+                   log=os.path.join(base, "log"), base=base)
 
     @classmethod
     def default(cls, environ: dict[str, str] | None = None, uid: int | None = None) -> StatePaths:
@@ -54,5 +51,5 @@ class StatePaths(NamedTuple):
         for path in (self.data, self.containers):
             os.makedirs(path, mode=0o711, exist_ok=True)
             os.chmod(path, 0o711)
-        for path in (self.names, self.run, self.log):
+        for path in (self.run, self.log):
             os.makedirs(path, mode=0o700, exist_ok=True)

@@ -1,24 +1,26 @@
-"""The ``myctr`` command line, with podman's verbs and flags.
+"""The ``myctr`` command line: a thin client of the supervisor's control socket, with
+podman's verbs and flags (``supervise`` runs the supervisor itself).
 
 Errors follow docker: a myctr error exits 125 with one line on stderr (``myctr: ...``),
 a command that cannot be executed 126, one that is not found 127; otherwise the exit
 status is the container's (128+N when it was killed by signal N).
 
-Cold start matters (``myctr run`` is timed against crun): heavy modules are imported
-inside the commands that use them, and commands that talk to no event loop are driven
-without starting one (:func:`main`).
+Cold start matters: the client commands talk to the socket with a blocking client and
+are driven without starting an event loop (:func:`_drive`); ``supervise`` starts trio
+itself, after forking its zygote.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Any
 
 import asyncclick as click
 
 EXIT_MYCTR_ERROR = 125
-# Commands that run an event loop (trio); the rest are driven without one.
-EVENT_LOOP_COMMANDS: frozenset[str] = frozenset()
+STATUS_WIDTH = 36
 
 
 @click.group(context_settings={"help_option_names": ["--help"]})
@@ -30,7 +32,7 @@ EVENT_LOOP_COMMANDS: frozenset[str] = frozenset()
               show_default=True, help="auto: console on a TTY, JSON lines otherwise.")
 @click.pass_context
 async def cli(ctx: click.Context, root: str | None, log_level: str, log_format: str) -> None:
-    """myctr: a lightweight Linux container runtime."""
+    """myctr: a lightweight Linux container runtime and supervisor."""
     from runtime import log
     from runtime.paths import StatePaths
 
@@ -38,74 +40,269 @@ async def cli(ctx: click.Context, root: str | None, log_level: str, log_format: 
     ctx.obj = StatePaths.under(root) if root else StatePaths.default()
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("--rootfs", required=True, type=click.Path(),
-              help="Root filesystem directory (the overlay's read-only lower layer).")
-@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
-@click.option("--name", help="Assign a name to the container.")
-@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open.")
-@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY.")
-@click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V or K).")
-@click.option("--env-file", multiple=True, help="Read environment variables from a file.")
-@click.option("-h", "--hostname", help="Container host name (default: the short id).")
-@click.option("-u", "--user", help="USER[:GROUP], names or numbers.")
-@click.option("--group-add", multiple=True, help="Add a supplementary group.")
-@click.option("-w", "--workdir", default="/", help="Working directory inside the container.")
-@click.option("--cap-add", multiple=True, help="Add a capability (or ALL).")
-@click.option("--cap-drop", multiple=True, help="Drop a capability (or ALL).")
-@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
-@click.option("-v", "--volume", multiple=True, help="Bind mount SRC:DST[:ro].")
-@click.option("--tmpfs", multiple=True, help="Mount a tmpfs at DST[:OPTIONS].")
-@click.option("--network", "--net", "network", default="none", show_default=True,
-              help="none or host.")
-@click.option("--init", "use_init", is_flag=True, help="Run an init (catatonit) as PID 1.")
-@click.option("--init-path", help="Path of the init to use with --init.")
-@click.option("--ulimit", multiple=True, help="NAME=SOFT[:HARD], e.g. nofile=1024:2048.")
-@click.option("--security-opt", multiple=True,
-              help="seccomp=unconfined, no-new-privileges[:true|false].")
-@click.option("--uidmap", multiple=True, help="CONTAINER:HOST:SIZE (root: run in a user ns).")
-@click.option("--gidmap", multiple=True, help="CONTAINER:HOST:SIZE.")
-@click.argument("command", nargs=-1, required=True)
-@click.pass_obj
-async def run(paths: Any, **opts: Any) -> int:
-    """Run a command in a new container."""
-    from supervisor.foreground import run_foreground
-    from supervisor.run_options import foreground_run_from_options
+def _client(paths: Any) -> Any:
+    from supervisor.client import connect
 
-    return run_foreground(paths, foreground_run_from_options(opts))
+    return connect(paths)
+
+
+def _run_options(f: Any) -> Any:
+    """The flags shared by ``run`` and ``create``."""
+    options = [
+        click.option("--rootfs", required=True, type=click.Path(),
+                     help="Root filesystem directory (the overlay's read-only lower layer)."),
+        click.option("--rm", "auto_remove", is_flag=True,
+                     help="Remove the container when it exits."),
+        click.option("--name", help="Assign a name to the container."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open."),
+        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY."),
+        click.option("-e", "--env", multiple=True, help="Set an environment variable."),
+        click.option("--env-file", multiple=True, help="Read environment variables from a file."),
+        click.option("-h", "--hostname", help="Container host name (default: the short id)."),
+        click.option("-u", "--user", help="USER[:GROUP], names or numbers."),
+        click.option("--group-add", multiple=True, help="Add a supplementary group."),
+        click.option("-w", "--workdir", default="/", help="Working directory in the container."),
+        click.option("--cap-add", multiple=True, help="Add a capability (or ALL)."),
+        click.option("--cap-drop", multiple=True, help="Drop a capability (or ALL)."),
+        click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("-v", "--volume", multiple=True, help="Bind mount SRC:DST[:ro]."),
+        click.option("--tmpfs", multiple=True, help="Mount a tmpfs at DST[:OPTIONS]."),
+        click.option("--network", "--net", "network", default="none", show_default=True,
+                     help="none or host."),
+        click.option("--init", "use_init", is_flag=True, help="Run catatonit as PID 1."),
+        click.option("--init-path", help="Path of the init to use with --init."),
+        click.option("--ulimit", multiple=True, help="NAME=SOFT[:HARD], e.g. nofile=1024:2048."),
+        click.option("--security-opt", multiple=True,
+                     help="seccomp=unconfined, no-new-privileges[:true|false]."),
+        click.option("--uidmap", multiple=True, help="CONTAINER:HOST:SIZE (root: user ns)."),
+        click.option("--gidmap", multiple=True, help="CONTAINER:HOST:SIZE."),
+        click.option("--restart", default="no", show_default=True,
+                     help="no, on-failure[:N], always or unless-stopped."),
+        click.option("--restart-delay", type=float, default=0.1, show_default=True,
+                     help="First restart delay in seconds (doubles each time)."),
+        click.option("--restart-max-delay", type=float, default=60.0, show_default=True,
+                     help="Cap of the restart delay in seconds."),
+        click.option("--log-opt", multiple=True, help="max-size=10m, max-file=3."),
+        click.argument("command", nargs=-1, required=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
+    """Flags to create params; what only the client can know (its environment, its
+    files, its working directory) is resolved here, the rest by the supervisor."""
+    from runtime import options
+
+    env_files = [e for path in opts["env_file"] for e in options.read_env_file(path)]
+    env = [e for e in (options.parse_env(v) for v in opts["env"]) if e is not None]
+    params: dict[str, Any] = {
+        "rootfs": os.path.abspath(opts["rootfs"]), "command": list(opts["command"]),
+        "env": list(options.merge_env(env_files, env)), "workdir": opts["workdir"],
+        "network": opts["network"], "read_only": opts["read_only"],
+        "tty": opts["tty"], "interactive": opts["interactive"],
+        "init": opts["use_init"], "auto_remove": opts["auto_remove"],
+        "restart": opts["restart"], "restart_delay": opts["restart_delay"],
+        "restart_max_delay": opts["restart_max_delay"],
+    }
+    for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
+                      ("init_path", "init_path")):
+        if opts[flag] is not None:
+            params[key] = opts[flag]
+    for key, flag in (("cap_add", "cap_add"), ("cap_drop", "cap_drop"), ("volumes", "volume"),
+                      ("tmpfs", "tmpfs"), ("ulimits", "ulimit"),
+                      ("security_opt", "security_opt"), ("uidmap", "uidmap"),
+                      ("gidmap", "gidmap"), ("group_add", "group_add"),
+                      ("log_opts", "log_opt")):
+        if opts[flag]:
+            params[key] = list(opts[flag])
+    return params
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
+@_run_options
+@click.pass_obj
+async def run(paths: Any, detach: bool, **opts: Any) -> int:
+    """Run a command in a new container."""
+    params = _create_params(opts)
+    client = _client(paths)
+    if detach:
+        click.echo(client.call("container.run", params)["id"])
+        return 0
+    from supervisor.attach import run_attached
+
+    return run_attached(client, params, opts["interactive"], opts["tty"])
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@_run_options
+@click.pass_obj
+async def create(paths: Any, **opts: Any) -> int:
+    """Create a container without starting it."""
+    click.echo(_client(paths).call("container.create", _create_params(opts))["id"])
+    return 0
+
+
+def _each(paths: Any, method: str, refs: tuple[str, ...], **params: Any) -> int:
+    client = _client(paths)
+    for ref in refs:
+        client.call(method, {"id": ref, **params})
+        click.echo(ref)
+    return 0
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def start(paths: Any, containers: tuple[str, ...]) -> int:
+    """Start created or exited containers."""
+    return _each(paths, "container.start", containers)
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True,
+              help="Seconds to wait before killing.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def stop(paths: Any, timeout: int, containers: tuple[str, ...]) -> int:
+    """Stop containers: stop signal, grace period, SIGKILL."""
+    return _each(paths, "container.stop", containers, timeout=timeout)
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", type=int, default=10, show_default=True)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def restart(paths: Any, timeout: int, containers: tuple[str, ...]) -> int:
+    """Restart containers."""
+    return _each(paths, "container.restart", containers, timeout=timeout)
+
+
+@cli.command()
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def kill(paths: Any, sig: str, containers: tuple[str, ...]) -> int:
+    """Send a signal to containers' PID 1."""
+    return _each(paths, "container.kill", containers, signal=sig)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def rm(paths: Any, force: bool, containers: tuple[str, ...]) -> int:
+    """Remove containers."""
+    return _each(paths, "container.remove", containers, force=force)
 
 
 @cli.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_obj
-async def ps(paths: Any, show_all: bool, quiet: bool) -> int:
+async def ps(paths: Any, show_all: bool, quiet: bool, fmt: str) -> int:
     """List containers."""
-    from runtime import containerdir
-
-    states = [s for s in containerdir.list_states(paths) if show_all or s.status == "running"]
-    if quiet:
-        for s in states:
-            click.echo(s.id[:12])
-        return 0
-    click.echo(f"{'CONTAINER ID':<14}{'NAME':<24}{'STATUS':<12}{'PID':>8}")
-    for s in states:
-        status = s.status if s.exit_code is None else f"{s.status} ({s.exit_code})"
-        click.echo(f"{s.id[:12]:<14}{s.name:<24}{status:<12}{s.pid or '':>8}")
+    rows = _client(paths).call("container.list", {"all": show_all})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif quiet:
+        for row in rows:
+            click.echo(row["id"][:12])
+    else:
+        click.echo(f"{'CONTAINER ID':<14}{'NAME':<24}{'STATUS':<{STATUS_WIDTH}}{'PID':>8}  COMMAND")
+        for row in rows:
+            click.echo(f"{row['id'][:12]:<14}{row['name']:<24}"
+                       f"{row['status_text']:<{STATUS_WIDTH}}{row['pid'] or '':>8}  "
+                       f"{' '.join(row['command'])}")
     return 0
 
 
 @cli.command()
-@click.option("-f", "--force", is_flag=True, help="Remove a running container too.")
+@click.option("-f", "--follow", is_flag=True, help="Follow the output.")
+@click.option("--tail", type=int, help="Only the last N lines.")
+@click.option("--since", help="RFC 3339 time, unix time, or a duration (10m).")
+@click.option("--until", help="RFC 3339 time, unix time, or a duration.")
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps.")
+@click.argument("container")
+@click.pass_obj
+async def logs(paths: Any, follow: bool, tail: int | None, since: str | None,
+               until: str | None, timestamps: bool, container: str) -> int:
+    """Show a container's logs."""
+    params: dict[str, Any] = {"id": container, "follow": follow}
+    for key, value in (("tail", tail), ("since", since), ("until", until)):
+        if value is not None:
+            params[key] = value
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for item in _client(paths).stream("container.logs", params):
+        stream = out.get(item["stream"], sys.stdout.buffer)
+        prefix = f"{item['time']} " if timestamps else ""
+        stream.write(f"{prefix}{item['line']}\n".encode(errors="surrogateescape"))
+        stream.flush()
+    return 0
+
+
+@cli.command()
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
-async def rm(paths: Any, force: bool, containers: tuple[str, ...]) -> int:
-    """Remove containers that have exited."""
-    from supervisor.foreground import remove_container
-
-    for ref in containers:
-        click.echo(remove_container(paths, ref, force))
+async def inspect(paths: Any, containers: tuple[str, ...]) -> int:
+    """Show containers' details as JSON."""
+    client = _client(paths)
+    docs = [client.call("container.inspect", {"id": ref}) for ref in containers]
+    click.echo(json.dumps(docs, indent=2))
     return 0
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def wait(paths: Any, containers: tuple[str, ...]) -> int:
+    """Wait for containers to exit; print their exit codes."""
+    client = _client(paths)
+    code = 0
+    for ref in containers:
+        code = client.call("container.wait", {"id": ref})["exit_code"]
+        click.echo(code)
+    return 0
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--since", type=int, help="Resume after this event sequence number.")
+@click.pass_obj
+async def events(paths: Any, fmt: str, since: int | None) -> int:
+    """Stream container events."""
+    params = {} if since is None else {"since": since}
+    for event in _client(paths).stream("events.subscribe", params):
+        event.pop("request_id", None)
+        if fmt == "json":
+            click.echo(json.dumps(event))
+        else:
+            attrs = " ".join(f"{k}={v}" for k, v in event["attributes"].items())
+            click.echo(f"{event['seq']} {event['type']} {event['container'][:12]} "
+                       f"({event['name']}) {attrs}".rstrip())
+    return 0
+
+
+@cli.command()
+@click.pass_obj
+async def info(paths: Any) -> int:
+    """Show the supervisor's effective defaults."""
+    click.echo(json.dumps(_client(paths).call("info"), indent=2))
+    return 0
+
+
+@cli.command()
+@click.option("--detach", is_flag=True, help="Run in the background.")
+@click.option("--idle-exit", type=float, help="Exit after this many idle seconds.")
+@click.pass_obj
+async def supervise(paths: Any, detach: bool, idle_exit: float | None) -> int:
+    """Run the supervisor (in the foreground unless --detach)."""
+    from supervisor.daemon import main_supervise
+
+    return main_supervise(paths, idle_exit, detach)
 
 
 @cli.group()
@@ -132,17 +329,14 @@ def _drive(coro: Any) -> Any:
     except StopIteration as done:
         return done.value
     coro.close()
-    raise RuntimeError("this command needs an event loop; add it to EVENT_LOOP_COMMANDS")
+    raise RuntimeError("a CLI command awaited an event loop; commands use blocking I/O")
 
 
 def _invoke(args: list[str]) -> int:
     from runtime.errors import ContainerError
 
     try:
-        if EVENT_LOOP_COMMANDS.intersection(args):
-            result = cli(args, prog_name="myctr", standalone_mode=False, _anyio_backend="trio")
-        else:
-            result = _drive(cli.main(args, prog_name="myctr", standalone_mode=False))
+        result = _drive(cli.main(args, prog_name="myctr", standalone_mode=False))
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return 0
@@ -163,5 +357,4 @@ def _invoke(args: list[str]) -> int:
 
 
 def main() -> None:
-    code = _invoke(sys.argv[1:])
-    sys.exit(code)
+    sys.exit(_invoke(sys.argv[1:]))

@@ -1,21 +1,34 @@
-"""``myctr run``'s flags, validated at the edge and turned into a
-:class:`~supervisor.foreground.ForegroundRun`. Every bad value raises
-:class:`~runtime.errors.SpecError` with one line naming the flag's value."""
+"""Create params (from the CLI or any socket client) validated at the edge and turned
+into :class:`CreateOptions`. Every bad value raises
+:class:`~runtime.errors.SpecError` with one line naming the value."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+from typing import Any, NamedTuple
 
 from runtime import capabilities, idmap, options
 from runtime.defaults import RunRequest
 from runtime.errors import SpecError
+from runtime.spec import IdMapping
 from runtime.users import validate_user_option
-from supervisor.foreground import ForegroundRun
+from supervisor.restart import Backoff, RestartPolicy
 
 INIT_CANDIDATES = ("catatonit", "tini", "tini-static")
 NETWORK_MODES = ("none", "host")
+
+
+class CreateOptions(NamedTuple):
+    request: RunRequest
+    name: str | None
+    auto_remove: bool
+    interactive: bool
+    restart: RestartPolicy
+    backoff: Backoff
+    log_opts: tuple[str, ...]
+    uid_mappings: tuple[IdMapping, ...]
+    gid_mappings: tuple[IdMapping, ...]
 
 
 def find_init(explicit: str | None) -> str:
@@ -30,7 +43,7 @@ def find_init(explicit: str | None) -> str:
     raise SpecError("--init: no catatonit or tini found (install the Debian package catatonit)")
 
 
-def security_options(values: tuple[str, ...]) -> tuple[bool, bool]:
+def security_options(values: list[str]) -> tuple[bool, bool]:
     """(seccomp enabled, no_new_privileges) from ``--security-opt`` values."""
     seccomp, nnp = True, False
     for value in values:
@@ -49,50 +62,104 @@ def security_options(values: tuple[str, ...]) -> tuple[bool, bool]:
     return seccomp, nnp
 
 
-def foreground_run_from_options(opts: dict[str, Any]) -> ForegroundRun:
-    for cap in (*opts["cap_add"], *opts["cap_drop"]):
+def _strings(params: dict[str, Any], key: str) -> list[str]:
+    value = params.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"invalid params: {key!r} must be a list of strings")
+    return value
+
+
+def _string(params: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = params.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"invalid params: {key!r} must be a string")
+    return value
+
+
+def _flag(params: dict[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise SpecError(f"invalid params: {key!r} must be true or false")
+    return value
+
+
+def _seconds(params: dict[str, Any], key: str, default: float) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SpecError(f"invalid params: {key!r} must be a number of seconds >= 0")
+    return float(value)
+
+
+def create_options(params: dict[str, Any]) -> CreateOptions:
+    """Validate create params; raises SpecError naming the first bad value."""
+    command = _strings(params, "command")
+    if not command:
+        raise SpecError("invalid params: 'command' must name the command to run")
+    rootfs = _string(params, "rootfs")
+    if not rootfs or not os.path.isabs(rootfs):
+        raise SpecError("invalid params: 'rootfs' must be an absolute path")
+    for cap in (*_strings(params, "cap_add"), *_strings(params, "cap_drop")):
         capabilities.normalize(cap)
-    if opts["network"] not in NETWORK_MODES:
-        raise SpecError(f"invalid --network {opts['network']!r}: supported are "
+    network = _string(params, "network", "none")
+    if network not in NETWORK_MODES:
+        raise SpecError(f"invalid --network {network!r}: supported are "
                         + ", ".join(NETWORK_MODES))
-    if opts["user"] is not None:
-        validate_user_option(opts["user"])
-    if opts["name"] is not None:
-        options.validate_name(opts["name"])
-    if opts["hostname"] is not None:
-        options.validate_hostname(opts["hostname"])
-    if not os.path.isabs(opts["workdir"]):
-        raise SpecError(f"invalid --workdir {opts['workdir']!r}: must be an absolute path")
-    seccomp, nnp = security_options(opts["security_opt"])
-    env_files = [e for path in opts["env_file"] for e in options.read_env_file(path)]
-    env_flags = [e for e in (options.parse_env(v) for v in opts["env"]) if e is not None]
-    uid_maps = tuple(idmap.parse_mapping_option(v) for v in opts["uidmap"])
-    gid_maps = tuple(idmap.parse_mapping_option(v) for v in opts["gidmap"])
+    user = _string(params, "user")
+    if user is not None:
+        validate_user_option(user)
+    name = _string(params, "name")
+    if name is not None:
+        options.validate_name(name)
+    hostname = _string(params, "hostname")
+    if hostname is not None:
+        options.validate_hostname(hostname)
+    workdir = _string(params, "workdir", "/") or "/"
+    if not os.path.isabs(workdir):
+        raise SpecError(f"invalid --workdir {workdir!r}: must be an absolute path")
+    seccomp, nnp = security_options(_strings(params, "security_opt"))
+    env = [e for e in (options.parse_env(v, {}) for v in _strings(params, "env")) if e]
+    uid_maps = tuple(idmap.parse_mapping_option(v) for v in _strings(params, "uidmap"))
+    gid_maps = tuple(idmap.parse_mapping_option(v) for v in _strings(params, "gidmap"))
     if (uid_maps or gid_maps) and os.geteuid() != 0:
         raise SpecError("--uidmap/--gidmap are for root; rootless containers map the "
                         "user's /etc/subuid ranges")
+    restart = RestartPolicy.parse(_string(params, "restart", "no") or "no")
+    backoff = Backoff(initial=_seconds(params, "restart_delay", 0.1),
+                      max_delay=_seconds(params, "restart_max_delay", 60.0))
+    log_opts = tuple(_strings(params, "log_opts"))
+    _check_log_opts(log_opts)
     request = RunRequest(
-        rootfs=os.path.abspath(opts["rootfs"]),
-        args=tuple(opts["command"]),
-        hostname=opts["hostname"] or "",
-        env=options.merge_env(env_files, env_flags),
-        workdir=os.path.normpath(opts["workdir"]),
-        user=opts["user"],
-        group_add=tuple(opts["group_add"]),
-        cap_add=tuple(opts["cap_add"]),
-        cap_drop=tuple(opts["cap_drop"]),
-        read_only=opts["read_only"],
-        volumes=tuple(options.parse_volume(v) for v in opts["volume"]),
-        tmpfs=tuple(options.parse_tmpfs(v) for v in opts["tmpfs"]),
-        network=opts["network"],
-        init_path=find_init(opts["init_path"]) if opts["use_init"] else None,
-        terminal=opts["tty"],
-        ulimits=tuple(options.parse_ulimit(v) for v in opts["ulimit"]),
+        rootfs=os.path.normpath(rootfs),
+        args=tuple(command),
+        hostname=hostname or "",
+        env=options.merge_env(env),
+        workdir=os.path.normpath(workdir),
+        user=user,
+        group_add=tuple(_strings(params, "group_add")),
+        cap_add=tuple(_strings(params, "cap_add")),
+        cap_drop=tuple(_strings(params, "cap_drop")),
+        read_only=_flag(params, "read_only"),
+        volumes=tuple(options.parse_volume(v) for v in _strings(params, "volumes")),
+        tmpfs=tuple(options.parse_tmpfs(v) for v in _strings(params, "tmpfs")),
+        network=network,
+        init_path=find_init(_string(params, "init_path")) if _flag(params, "init") else None,
+        terminal=_flag(params, "tty"),
+        ulimits=tuple(options.parse_ulimit(v) for v in _strings(params, "ulimits")),
         seccomp=seccomp,
         no_new_privileges=nnp,
         rootless=os.geteuid() != 0,
     )
-    return ForegroundRun(
-        request=request, name=opts["name"], auto_remove=opts["auto_remove"],
-        interactive=opts["interactive"], uid_mappings=uid_maps, gid_mappings=gid_maps,
+    return CreateOptions(
+        request=request, name=name, auto_remove=_flag(params, "auto_remove"),
+        interactive=_flag(params, "interactive"), restart=restart, backoff=backoff,
+        log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,
     )
+
+
+def _check_log_opts(log_opts: tuple[str, ...]) -> None:
+    from supervisor.logfile import parse_log_opts
+
+    try:
+        parse_log_opts(log_opts)
+    except ValueError as exc:
+        raise SpecError(f"invalid --log-opt: {exc}") from None

@@ -66,6 +66,7 @@ def rootfs_by_mode(workspace: Path, probe_binary: Path, test_user: object,
         home = _home(workspace, mode, test_user)
         runner = _runner(mode, home / "bootstrap", home / "rootfs", test_user, staged_python)
         _bootstrap_rootfs(runner, probe_binary)
+        harness.stop_supervisor(runner.state_root)
         paths[mode] = runner.rootfs
     return paths
 
@@ -98,6 +99,7 @@ def myctr(request: pytest.FixtureRequest, workspace: Path, rootfs_by_mode: dict[
     state_root = harness.make_shared_dir(f"{_home(workspace, mode, test_user)}/state-")
     runner = _runner(mode, state_root, rootfs_by_mode[mode], test_user, staged_python)
     yield runner
+    harness.stop_supervisor(state_root)
     leaks = harness.leftovers(state_root)
     shutil.rmtree(state_root, ignore_errors=True)
     assert not leaks, f"the container left things behind: {leaks}"

@@ -245,7 +245,49 @@ def run_in_pty(command: list[str], dialogue: tuple[tuple[str, bytes], ...] = (),
     return returncode, output.decode(errors="replace")
 
 
-def container_states(state_root: Path) -> list[dict]:  # type: ignore[type-arg]
-    containers = state_root / "data" / "containers"
-    return [json.loads((d / "state.json").read_text()) for d in containers.iterdir()
-            if (d / "state.json").exists()]
+def supervisor_call(state_root: Path, method: str, params: dict | None = None) -> object:  # type: ignore[type-arg]
+    """One JSON-RPC call to the supervisor of ``state_root`` (None if none answers)."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(state_root / "run" / "control.sock"))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    with sock:
+        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                 "params": params or {}}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data) if data else None
+
+
+def stop_supervisor(state_root: Path, timeout: float = 30) -> None:
+    """Shut the state root's supervisor down and wait until its process is gone."""
+    import time
+
+    reply = supervisor_call(state_root, "ping")
+    if not isinstance(reply, dict) or "result" not in reply:
+        return
+    pid = reply["result"]["pid"]
+    supervisor_call(state_root, "supervisor.shutdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.02)
+    if alive(pid):
+        os.kill(pid, 9)
+        raise AssertionError(f"the supervisor {pid} did not exit within {timeout}s")
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie waiting for its reaper counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"

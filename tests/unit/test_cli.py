@@ -20,8 +20,8 @@ class TestExitCodes:
 
 class TestColdStart:
     def test_run_path_imports_no_event_loop_or_structlog(self) -> None:
-        """Importing the run path pulls in neither trio, asyncio nor structlog."""
-        code = ("import sys, supervisor.cli, supervisor.foreground, supervisor.run_options;"
+        """The client side of run pulls in neither trio, asyncio, structlog nor pyroute2."""
+        code = ("import sys, supervisor.cli, supervisor.client, supervisor.attach;"
                 "print(sorted(m for m in ('trio', 'asyncio', 'structlog', 'pyroute2')"
                 " if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,0 +1,146 @@
+"""``myctr run`` / ``start -a`` on the client side: hand the supervisor our stdio,
+copy the container's output to our terminal, forward signals, exit with its status.
+
+Without a terminal the supervisor gets the write ends of two pipes of ours (it tees
+the container's output into the log and into them) and our stdin itself with ``-i``.
+With ``-t`` it sends us the pty master over the socket (SCM_RIGHTS), so keystrokes
+go straight to the container without hopping through the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import termios
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+from supervisor.client import Client
+
+FORWARDED_SIGNALS = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+    signal.SIGUSR1, signal.SIGUSR2,
+)
+
+
+def run_attached(client: Client, params: dict[str, Any], interactive: bool,
+                 terminal: bool) -> int:
+    """Run the container attached; return its exit status."""
+    pipes: list[tuple[int, int]] = []
+    fds: list[int] = []
+    names: list[str] = []
+    if interactive and not terminal:
+        fds.append(0)
+        names.append("stdin")
+    if not terminal:
+        pipes = [os.pipe(), os.pipe()]
+        fds += [pipes[0][1], pipes[1][1]]
+        names += ["stdout", "stderr"]
+    request_id = client.send("container.run", {**params, "attach": True, "fds": names}, fds)
+    for _, write_end in pipes:
+        os.close(write_end)
+    try:
+        result = client.result(request_id)
+    except BaseException:
+        for read_end, _ in pipes:
+            os.close(read_end)
+        raise
+    container = result["id"]
+    restart = params.get("restart", "no") not in ("no", None)
+    wait_id = client.send("container.wait", {"id": container, "next_exit": restart})
+    with _forwarding_signals(client, container):
+        if terminal:
+            [master] = client.take_fds()
+            _pump_terminal(master, interactive)
+        else:
+            _pump_pipes([(pipes[0][0], 1), (pipes[1][0], 2)])
+        code = client.result(wait_id)["exit_code"]
+    return int(code)
+
+
+@contextlib.contextmanager
+def _forwarding_signals(client: Client, container: str) -> Iterator[None]:
+    """Signals sent to us go to the container (docker's --sig-proxy)."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            client.send("container.kill", {"id": container, "signal": signum})
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _pump_pipes(pairs: list[tuple[int, int]]) -> None:
+    """Copy each pipe to its fd until every pipe reaches EOF."""
+    open_pairs = dict(pairs)
+    while open_pairs:
+        ready, _, _ = select.select(list(open_pairs), [], [])
+        for src in ready:
+            if not _copy(src, open_pairs[src]):
+                os.close(src)
+                del open_pairs[src]
+
+
+def _pump_terminal(master: int, interactive: bool) -> None:
+    stdin_tty = interactive and os.isatty(0)
+    _copy_window_size(master)
+    with _raw_terminal(0 if stdin_tty else None):
+        signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(master))
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        if interactive:
+            poller.register(0, select.POLLIN)
+        done = False
+        while not done:
+            for fd, _events in poller.poll():
+                if fd == master and not _copy(master, 1):
+                    done = True
+                elif fd == 0 and not _copy(0, master):
+                    poller.unregister(0)
+    os.close(master)
+
+
+def _copy_window_size(master: int) -> None:
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            with contextlib.suppress(OSError):
+                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+            return
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int | None) -> Iterator[None]:
+    if fd is None:
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _copy(src: int, dst: int) -> bool:
+    try:
+        data = os.read(src, 65536)
+    except OSError:  # EIO: the pty's last slave closed
+        return False
+    if not data:
+        return False
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(dst, view):]
+        except BrokenPipeError:
+            return True  # our reader went away; keep draining so the container is not stuck
+    return True

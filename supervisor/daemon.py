@@ -1,0 +1,161 @@
+"""The supervisor process: one per state root, a child subreaper, trio inside.
+
+Order matters: take the state root's lock, fork the zygote (single-threaded, before
+trio is even imported), become a subreaper, then run trio: recover what a crashed
+predecessor left, serve the control socket, and on SIGTERM/SIGINT stop every container
+gracefully (stop signal, grace period, SIGKILL) before exiting 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from typing import Any
+
+from runtime import libc
+from runtime.errors import Conflict
+from runtime.log import get_logger
+from runtime.paths import StatePaths
+from supervisor.zygote import start_zygote
+
+log = get_logger("myctr.supervisor")
+
+
+def lock_state_root(paths: StatePaths) -> int:
+    """An exclusive lock on the state root, held for the supervisor's life."""
+    fd = os.open(os.path.join(paths.run, "supervisor.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict(f"a supervisor already runs for {paths.run}") from None
+    return fd
+
+
+def daemonize(log_path: str) -> int | None:
+    """Detach into the background. In the caller, return the daemon's pid once it is
+    ready (its socket answers); in the daemon, return None."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(ready_w)
+        ok = os.read(ready_r, 1)
+        os.close(ready_r)
+        return pid if ok == b"1" else -1
+    os.close(ready_r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+    os.environ["MYCTR_READY_FD"] = str(ready_w)
+    os.set_inheritable(ready_w, False)
+    return None
+
+
+def signal_ready() -> None:
+    fd = os.environ.pop("MYCTR_READY_FD", None)
+    if fd is not None:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+
+
+def cgroup_driver() -> str:
+    """v2 when / is a pure cgroup2 hierarchy, v1 when v1 controllers are mounted."""
+    kinds = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fstype = line.split(" - ", 1)[1].split()[0] if " - " in line else ""
+            if fstype in ("cgroup", "cgroup2"):
+                kinds.add(fstype)
+    return "v1" if "cgroup" in kinds else "v2" if "cgroup2" in kinds else "none"
+
+
+def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> int:
+    paths.ensure()
+    if detach:
+        pid = daemonize(os.path.join(paths.log, "supervisor.log"))
+        if pid is not None:
+            return 0 if pid > 0 else 1
+    lock_fd = lock_state_root(paths)
+    zygote_pid, zygote_sock = start_zygote()
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+    import trio
+
+    try:
+        trio.run(_main, paths, zygote_sock, zygote_pid, idle_exit)
+    finally:
+        os.close(lock_fd)
+    return 0
+
+
+async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
+                idle_exit: float | None) -> None:
+    import signal
+
+    import trio
+
+    from supervisor.engine import Supervisor
+    from supervisor.events import EventLog
+    from supervisor.server import ControlServer, default_info, socket_path
+    from supervisor.spawner import Spawner
+    from supervisor.store import Store
+
+    store = Store(os.path.join(paths.data, "myctr.db"))
+    events = EventLog()
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery)
+        server = ControlServer(sup, events, default_info(paths, cgroup_driver()), stop.set)
+        await sup.recover()
+        await nursery.start(server.serve, socket_path(paths.run))
+        signal_ready()
+        log.info("supervisor ready", pid=os.getpid(), socket=socket_path(paths.run))
+        nursery.start_soon(_on_signals, stop, trio, signal)
+        if idle_exit is not None:
+            nursery.start_soon(_exit_when_idle, sup, server, idle_exit, stop)
+        await stop.wait()
+        with trio.CancelScope(shield=True):
+            log.info("shutting down: stop signal, grace period, then SIGKILL",
+                     active=sup.active_count())
+            await sup.shutdown()
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def _on_signals(stop: Any, trio: Any, signal: Any) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def _exit_when_idle(sup: Any, server: Any, idle_exit: float, stop: Any) -> None:
+    """An auto-started supervisor leaves after ``idle_exit`` s with nothing to do."""
+    import trio
+
+    idle_since = trio.current_time()
+    while True:
+        await trio.sleep(min(1.0, idle_exit / 4) or 0.1)
+        if sup.active_count() or server.connections:
+            idle_since = trio.current_time()
+        elif trio.current_time() - idle_since >= idle_exit:
+            log.info("idle: exiting", idle_seconds=idle_exit)
+            stop.set()
+            return
+
+
+def main_supervise(paths: StatePaths, idle_exit: float | None, detach: bool) -> int:
+    try:
+        return run_supervisor(paths, idle_exit, detach)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,432 @@
+"""The supervisor's heart: every container as a task tree in one trio process.
+
+Per container, one nursery (:meth:`Supervisor._supervise`) holds the restart loop;
+each run adds the init watcher (pidfd) and the stdout/stderr log pumps, and reports
+the exit only when the pumps have drained. Statuses move through
+:mod:`supervisor.states`; every change is stored (SQLite) and emitted as an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any, NamedTuple
+
+import trio
+
+from runtime import containerdir, libc
+from runtime.containerdir import ContainerDir, process_start_time
+from runtime.errors import Conflict, ContainerError
+from runtime.log import get_logger
+from runtime.paths import StatePaths
+from supervisor import prepare as preparing
+from supervisor.events import EventLog
+from supervisor.logfile import LogWriter, parse_log_opts
+from supervisor.restart import (
+    RestartScheduled,
+    StartFailed,
+    restart_on_boot,
+    run_with_restarts,
+)
+from supervisor.run_options import CreateOptions, create_options
+from supervisor.spawner import Spawner
+from supervisor.states import Status, can_remove, can_start, is_active, transition
+from supervisor.store import ContainerRecord, Store
+from supervisor.zygote import CreatedInit, close_quietly
+
+log = get_logger("myctr.supervisor")
+STOP_SIGNAL = signal.SIGTERM
+
+
+class Launched(NamedTuple):
+    """A run's init after exec, with the read ends of its stdout/stderr pipes."""
+
+    init: CreatedInit
+    stdout: int
+    stderr: int
+
+
+class Attach:
+    """A client attached to a run: where its stdout/stderr go, and its stdin."""
+
+    def __init__(self, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.pty_master: int | None = None
+
+    def close(self) -> None:
+        close_quietly(self.stdin, self.stdout, self.stderr)
+        self.stdin = self.stdout = self.stderr = None
+
+
+class Container:
+    """One container's live state beside its stored record."""
+
+    def __init__(self, record: ContainerRecord, options: CreateOptions) -> None:
+        self.record = record
+        self.options = options
+        self.scope: trio.CancelScope | None = None
+        self.pidfd = -1
+        self.scheduled: RestartScheduled | None = None
+        self.exited = trio.Event()
+        self.finished = trio.Event()  # the task tree ended (no restart due)
+
+    @property
+    def status(self) -> Status:
+        return Status(self.record.status)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+class Supervisor:
+    def __init__(self, paths: StatePaths, store: Store, spawner: Spawner,
+                 events: EventLog, nursery: trio.Nursery) -> None:
+        self.paths = paths
+        self.store = store
+        self.spawner = spawner
+        self.events = events
+        self.nursery = nursery
+        self.containers: dict[str, Container] = {}
+        self.devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+
+    # --- bookkeeping ----------------------------------------------------------------
+
+    def _set(self, c: Container, **fields: Any) -> None:
+        if "status" in fields:
+            fields["status"] = transition(c.status, Status(fields["status"])).value
+        self.store.update(c.id, **fields)
+        c.record = c.record._replace(**fields)
+
+    def _emit(self, c: Container, type: str, **attributes: Any) -> None:
+        self.events.emit(type, c.id, c.record.name, **attributes)
+
+    def get(self, ref: str) -> Container:
+        return self.containers[self.store.resolve(ref)]
+
+    def active_count(self) -> int:
+        return sum(1 for c in self.containers.values() if is_active(c.status))
+
+    # --- create ---------------------------------------------------------------------
+
+    async def create(self, params: dict[str, Any]) -> Container:
+        """Validate, store and prepare a container (disk work off the event loop)."""
+        c: Container = await trio.to_thread.run_sync(self._create, params)
+        self._emit(c, "create")
+        return c
+
+    def _create(self, params: dict[str, Any]) -> Container:
+        options = create_options(params)
+        cid = containerdir.new_id()
+        request = options.request._replace(hostname=options.request.hostname or cid[:12])
+        options = options._replace(request=request)
+        name = options.name or f"myctr-{cid[:12]}"
+        record = ContainerRecord(
+            id=cid, name=name, created=time.time(), params=params, spec={},
+            status=Status.CREATED.value, log_path=os.path.join(self.paths.log, f"{cid}.json"),
+        )
+        self.store.insert(record)
+        c = Container(record, options)
+        self.containers[cid] = c
+        try:
+            prepared = self._prepare(c)
+        except BaseException:
+            self._forget(c)
+            raise
+        self.store.update(cid, spec=prepared.spec.to_oci())
+        return c
+
+    def _prepare(self, c: Container) -> preparing.Prepared:
+        o = c.options
+        plan = preparing.id_map_plan(o.uid_mappings, o.gid_mappings)
+        cdir = ContainerDir(self.paths, c.id)
+        if not os.path.exists(cdir.path):
+            preparing.make_dirs(cdir, plan)
+        return preparing.prepare(cdir, o.request, plan, o.interactive)
+
+    def _forget(self, c: Container) -> None:
+        plan = preparing.id_map_plan(c.options.uid_mappings, c.options.gid_mappings)
+        ContainerDir(self.paths, c.id).remove(preparing.remover_for(plan))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(c.record.log_path)
+        self.store.delete(c.id)
+        self.containers.pop(c.id, None)
+
+    # --- start / run ----------------------------------------------------------------
+
+    async def start(self, c: Container, attach: Attach | None = None) -> None:
+        """Start the container's task tree; return once its first run exec'd."""
+        if not can_start(c.status):
+            raise Conflict(f"container {c.record.name} is {c.status.value}")
+        self._set(c, manually_stopped=False)
+        c.finished = trio.Event()
+        await self.nursery.start(self._supervise, c, attach)
+
+    async def _supervise(self, c: Container, attach: Attach | None,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        first = True
+
+        async def start_and_wait() -> int:
+            nonlocal first, attach
+            try:
+                launched = await self._launch(c, attach)
+            except ContainerError as exc:
+                self._exit(c, exc.exit_code)
+                if first:
+                    raise
+                raise StartFailed(exc.exit_code) from exc
+            if first:
+                first = False
+                task_status.started()
+            try:
+                return await self._watch(c, launched, attach)
+            finally:
+                if attach is not None:  # an attached client sees the first run only
+                    attach.close()
+                    attach = None
+
+        completed = False
+        try:
+            with trio.CancelScope() as scope:
+                c.scope = scope
+                try:
+                    await run_with_restarts(
+                        start_and_wait, c.options.restart, c.options.backoff,
+                        lambda: c.record.manually_stopped, lambda s: self._scheduled(c, s))
+                finally:
+                    if attach is not None:
+                        attach.close()
+            completed = True
+        finally:
+            c.scope = None
+            if c.status == Status.RESTARTING:  # stopped while waiting to restart
+                self._set(c, status=Status.EXITED.value)
+            if completed and c.options.auto_remove and c.id in self.containers:
+                with trio.CancelScope(shield=True):
+                    await self._remove_now(c)
+            c.finished.set()
+
+    def _scheduled(self, c: Container, scheduled: RestartScheduled) -> None:
+        c.scheduled = scheduled
+        self._set(c, status=Status.RESTARTING.value, restart_count=c.record.restart_count + 1)
+        self._emit(c, "restart-scheduled", attempt=scheduled.attempt, delay=scheduled.delay,
+                   exit_code=scheduled.exit_code)
+
+    async def _launch(self, c: Container, attach: Attach | None) -> Launched:
+        prepared = self._prepare_again(c)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
+        try:
+            init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
+                                             (stdin, out_w, err_w))
+        except BaseException:
+            close_quietly(out_r, err_r)
+            raise
+        finally:
+            close_quietly(out_w, err_w)
+        c.pidfd = init.pidfd
+        try:
+            await self.spawner.start(init)
+        except BaseException:
+            close_quietly(out_r, err_r, init.pidfd, init.pty_master)
+            await self._reap(init.pid)
+            raise
+        self._set(c, status=Status.RUNNING.value, pid=init.pid,
+                  pid_start=process_start_time(init.pid), started_at=time.time(),
+                  exit_code=None)
+        c.exited = trio.Event()
+        self._emit(c, "start", pid=init.pid)
+        return Launched(init, out_r, err_r)
+
+    def _prepare_again(self, c: Container) -> preparing.Prepared:
+        cdir = ContainerDir(self.paths, c.id)
+        if not os.path.exists(cdir.path):
+            preparing.make_dirs(cdir, preparing.id_map_plan(c.options.uid_mappings,
+                                                            c.options.gid_mappings))
+        return preparing.prepare(cdir, c.options.request, preparing.id_map_plan(
+            c.options.uid_mappings, c.options.gid_mappings), c.options.interactive)
+
+    async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
+        """Pump logs until the pipes drain and the init exits; return its status."""
+        init, out_r, err_r = launched
+        max_size, max_file = parse_log_opts(c.options.log_opts)
+        writer = LogWriter(c.record.log_path, max_size=max_size, max_file=max_file)
+        try:
+            async with trio.open_nursery() as pumps:
+                if init.pty_master is not None:
+                    if attach is not None:
+                        attach.pty_master = init.pty_master  # the client pumps the pty
+                        close_quietly(out_r, err_r)
+                    else:
+                        pumps.start_soon(_pump, init.pty_master, "stdout", writer, None)
+                        close_quietly(out_r, err_r)
+                else:
+                    pumps.start_soon(_pump, out_r, "stdout", writer,
+                                     attach.stdout if attach else None)
+                    pumps.start_soon(_pump, err_r, "stderr", writer,
+                                     attach.stderr if attach else None)
+                code = await _wait_exit(init.pid, init.pidfd)
+        finally:
+            writer.close()
+            close_quietly(init.pidfd)
+            c.pidfd = -1
+        self._exit(c, code)
+        return code
+
+    def _exit(self, c: Container, code: int) -> None:
+        self._set(c, status=Status.EXITED.value, pid=0, exit_code=code,
+                  finished_at=time.time())
+        c.exited.set()
+        self._emit(c, "die", exit_code=code)
+
+    async def _reap(self, pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            await trio.to_thread.run_sync(os.waitpid, pid, 0)
+
+    # --- stop / kill / remove -------------------------------------------------------
+
+    def signal(self, c: Container, sig: int) -> None:
+        if c.pidfd < 0 or c.status not in (Status.RUNNING, Status.PAUSED):
+            raise Conflict(f"container {c.record.name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            libc.pidfd_send_signal(c.pidfd, sig)
+        self._emit(c, "kill", signal=sig)
+
+    async def stop(self, c: Container, timeout: float = 10.0) -> None:
+        """Stop signal, ``timeout`` seconds' grace, then SIGKILL; disables the restart
+        policy until the next start."""
+        self._set(c, manually_stopped=True)
+        if c.status == Status.RESTARTING and c.scope is not None:
+            c.scope.cancel()
+        elif c.status in (Status.RUNNING, Status.PAUSED):
+            self.signal(c, STOP_SIGNAL)
+            with trio.move_on_after(timeout):
+                await c.exited.wait()
+            if not c.exited.is_set():
+                log.warning("stop timed out, killing", container_id=c.id, timeout=timeout)
+                self.signal(c, signal.SIGKILL)
+        if c.scope is not None:
+            await c.finished.wait()
+        self._emit(c, "stop")
+
+    async def remove(self, c: Container, force: bool = False) -> None:
+        if not can_remove(c.status, force):
+            raise Conflict(f"container {c.record.name} is {c.status.value}: "
+                           "stop it first or use rm -f")
+        if is_active(c.status) or c.scope is not None:
+            self._set(c, manually_stopped=True)
+            if c.pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    libc.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+            if c.scope is not None and c.status == Status.RESTARTING:
+                c.scope.cancel()
+            await c.finished.wait()
+        if c.id in self.containers:  # else it was auto-removed meanwhile
+            await self._remove_now(c)
+
+    async def _remove_now(self, c: Container) -> None:
+        self._set(c, status=Status.REMOVING.value)
+        await trio.to_thread.run_sync(self._forget, c)
+        self.events.emit("remove", c.id, c.record.name)
+
+    async def wait(self, c: Container) -> int:
+        if is_active(c.status) or c.scope is not None:
+            await c.finished.wait()
+        return c.record.exit_code if c.record.exit_code is not None else 0
+
+    # --- recovery -------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a crash (kill -9): load every container, make sure none of the old
+        inits lives on, clean what auto-removed ones left, and apply restart policies."""
+        for record in list(self.store.all()):
+            try:
+                options = create_options(record.params)
+            except ContainerError as exc:
+                log.error("unreadable container record", container_id=record.id,
+                          error=str(exc))
+                continue
+            c = Container(record, options)
+            self.containers[record.id] = c
+            was_active = is_active(c.status) or c.status == Status.CREATED
+            if record.pid:
+                await _kill_orphan(record.pid, record.pid_start)
+            if c.status not in (Status.EXITED, Status.CREATED):
+                self.store.update(c.id, status=Status.EXITED.value, pid=0,
+                                  exit_code=record.exit_code if record.exit_code is not None
+                                  else 137)
+                c.record = self.store.get(c.id)
+            if c.options.auto_remove and was_active:
+                await trio.to_thread.run_sync(self._forget, c)
+                continue
+            if was_active and restart_on_boot(c.options.restart, record.manually_stopped,
+                                              was_running=True):
+                await self._recover_start(c)
+
+    async def _recover_start(self, c: Container) -> None:
+        try:
+            await self.start(c)
+        except ContainerError as exc:
+            log.error("restart after recovery failed", container_id=c.id, error=str(exc))
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every active container (not a manual stop: policies survive)."""
+        async with trio.open_nursery() as nursery:
+            for c in list(self.containers.values()):
+                if is_active(c.status):
+                    nursery.start_soon(self._stop_for_shutdown, c, timeout)
+
+    async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:
+        manually = c.record.manually_stopped
+        await self.stop(c, timeout)
+        self._set(c, manually_stopped=manually)
+
+
+async def _wait_exit(pid: int, pidfd: int) -> int:
+    """Wait for our child ``pid`` to exit (pidfd readable), reap it, return docker's
+    exit code (128+N when killed by signal N)."""
+    await trio.lowlevel.wait_readable(pidfd)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) -> None:
+    """Copy one of the container's outputs into its log (and to an attached client);
+    reading only as fast as we write gives the container back-pressure."""
+    attached = trio.lowlevel.FdStream(os.dup(attach_fd)) if attach_fd is not None else None
+    async with trio.lowlevel.FdStream(fd) as source:
+        while True:
+            data = await source.receive_some(65536)
+            if not data:
+                break
+            writer.write(stream, data)
+            if attached is not None:
+                try:
+                    await attached.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await attached.aclose()
+                    attached = None  # the client went away; the log goes on
+    if attached is not None:
+        await attached.aclose()
+
+
+async def _kill_orphan(pid: int, start: int) -> None:
+    """Kill an init left by a dead supervisor, if that pid is still that process."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if process_start_time(pid) != start:
+            return  # the pid was reused by an unrelated process: not ours to touch
+        with contextlib.suppress(ProcessLookupError):
+            libc.pidfd_send_signal(pidfd, signal.SIGKILL)
+        with trio.move_on_after(10):
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+

@@ -1,0 +1,99 @@
+"""From a container's create params to what the zygote needs: the id map plan, the
+container's directories and /etc files, the spec, and the init's host-side config."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Callable
+from typing import NamedTuple
+
+from runtime import capabilities, containerdir, idmap, seccomp
+from runtime.containerdir import ContainerDir
+from runtime.defaults import RunRequest, build_spec
+from runtime.errors import HostError, SpecError
+from runtime.idmap import IdMapPlan
+from runtime.init import InitConfig
+from runtime.log import get_logger
+from runtime.spec import ContainerSpec, IdMapping, Seccomp
+
+log = get_logger("myctr.prepare")
+
+
+class Prepared(NamedTuple):
+    spec: ContainerSpec
+    config: InitConfig
+    plan: IdMapPlan | None
+
+
+def id_map_plan(uid_mappings: tuple[IdMapping, ...] = (),
+                gid_mappings: tuple[IdMapping, ...] = ()) -> IdMapPlan | None:
+    """Rootless: the user's subordinate ranges. Root: none (the host's ids), unless
+    ``--uidmap``/``--gidmap`` ask for a user namespace."""
+    if os.geteuid() != 0:
+        plan = idmap.plan_for_current_user(pwd.getpwuid(os.getuid()).pw_name)
+        if plan.warning:
+            log.warning("single-id user namespace", reason=plan.warning)
+        return plan
+    if uid_mappings or gid_mappings:
+        return IdMapPlan(uid_mappings or gid_mappings, gid_mappings or uid_mappings)
+    return None
+
+
+def remover_for(plan: IdMapPlan | None) -> Callable[[str], None] | None:
+    """Rootless, the upper dir holds files of subordinate ids: remove it as root of a
+    user namespace with the container's maps."""
+    if plan is None or os.geteuid() == 0:
+        return None
+
+    def remove(path: str) -> None:
+        idmap.run_in_user_namespace(plan, lambda: containerdir.rmtree(path), f"remove {path}")
+
+    return remove
+
+
+def host_id(mappings: tuple[IdMapping, ...]) -> int:
+    """The host id that container id 0 maps to."""
+    for m in mappings:
+        if m.container_id == 0:
+            return m.host_id
+    raise SpecError("the id map must map container id 0 (root)")
+
+
+def seccomp_profile(request: RunRequest) -> Seccomp | None:
+    if not request.seccomp:
+        return None
+    return seccomp.default_profile(capabilities.resolve(request.cap_add, request.cap_drop))
+
+
+def compile_seccomp(profile: Seccomp | None) -> bytes | None:
+    if profile is None:
+        return None
+    try:
+        return seccomp.export_bpf(profile)
+    except OSError as exc:
+        raise HostError(f"seccomp: {exc.strerror or exc}") from exc
+
+
+def make_dirs(cdir: ContainerDir, plan: IdMapPlan | None) -> None:
+    """The container's directory, handed to a remapped root when there is one."""
+    cdir.make_dirs()
+    if plan is not None and os.geteuid() == 0:
+        cdir.hand_over(host_id(plan.uid_mappings), host_id(plan.gid_mappings))
+
+
+def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,
+            interactive: bool) -> Prepared:
+    """Write the container's /etc files and config.json; build what the init needs."""
+    if not os.path.isdir(request.rootfs):
+        raise SpecError(f"rootfs {request.rootfs}: no such directory")
+    files = cdir.write_etc_files(request.hostname, host_network=request.network == "host")
+    profile = seccomp_profile(request)
+    spec = build_spec(request, plan, files, profile)
+    cdir.write_spec(spec.to_oci())
+    config = InitConfig(
+        lower=(os.path.realpath(request.rootfs),), upper=cdir.upper, work=cdir.work,
+        merged=cdir.merged, stdin_devnull=not interactive,
+        seccomp_bpf=compile_seccomp(profile),
+    )
+    return Prepared(spec, config, plan)

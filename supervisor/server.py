@@ -1,0 +1,386 @@
+"""The control socket: JSON-RPC 2.0 as JSON lines on a Unix socket (docs/protocol.md).
+
+Every request of a connection runs as its own task, so a stream (``logs -f``,
+``events.subscribe``, ``wait``) never blocks the next request; responses carry the
+request's id. A malformed line gets an error response, a line over 1 MiB gets one and
+then the connection is dropped; the supervisor lives on either way. Peers must be our
+own uid (or root): checked with SO_PEERCRED.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from runtime import capabilities
+from runtime.errors import SpecError
+from runtime.log import get_logger
+from supervisor import protocol
+from supervisor.engine import Attach, Supervisor
+from supervisor.events import EventLog
+from supervisor.logfile import follow_lines, parse_log_opts, parse_since, read_lines
+from supervisor.states import Status, is_active
+
+log = get_logger("myctr.control")
+VERSION = "0.1.0"
+MAX_FDS = 8
+
+
+def socket_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "control.sock")
+
+
+class Connection:
+    """One client: serialized writes (several streams may answer at once)."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.lock = trio.Lock()
+        self.requests: trio.CancelScope | None = None
+
+    def hang_up(self) -> None:
+        """The client is gone: end every request and stream of this connection."""
+        if self.requests is not None:
+            self.requests.cancel()
+
+    async def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        async with self.lock:
+            view = memoryview(data)
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            while view:
+                sent = await self.sock.sendmsg([view], ancillary if fds else [])
+                fds, view = (), view[sent:]
+
+
+class ControlServer:
+    def __init__(self, supervisor: Supervisor, events: EventLog, info: dict[str, Any],
+                 shutdown: Callable[[], None]) -> None:
+        self.sup = supervisor
+        self.events = events
+        self.info_doc = info
+        self.shutdown = shutdown
+        self.connections = 0
+        self.methods: dict[str, Callable[..., Awaitable[Any]]] = {
+            "ping": self.ping, "info": self.info,
+            "container.create": self.create, "container.start": self.start,
+            "container.run": self.run, "container.stop": self.stop,
+            "container.restart": self.restart, "container.kill": self.kill,
+            "container.remove": self.remove, "container.list": self.list,
+            "container.inspect": self.inspect, "container.wait": self.wait,
+            "container.logs": self.logs, "events.subscribe": self.subscribe,
+            "supervisor.shutdown": self.shutdown_method,
+        }
+
+    async def serve(self, path: str,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the supervisor's lock says no other one is serving
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        listener.listen(512)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                sock, _ = await listener.accept()
+                nursery.start_soon(self.handle, sock)
+
+    async def handle(self, sock: trio.socket.SocketType) -> None:
+        self.connections += 1
+        conn = Connection(sock)
+        pending_fds: list[int] = []
+        try:
+            if not _peer_allowed(sock):
+                return
+            buffer = protocol.LineBuffer()
+            async with trio.open_nursery() as requests:
+                conn.requests = requests.cancel_scope
+                while True:
+                    data, ancdata, _flags, _addr = await sock.recvmsg(
+                        65536, socket.CMSG_SPACE(4 * MAX_FDS))
+                    pending_fds += _fds(ancdata)
+                    if not data:
+                        break
+                    try:
+                        lines = buffer.feed(data)
+                    except protocol.LineTooLong as exc:
+                        await conn.send(protocol.encode_error(None, exc.code, exc.message))
+                        break
+                    for line in lines:
+                        fds, pending_fds = pending_fds, []  # fds go with the request they came with
+                        requests.start_soon(self.answer, conn, line, fds)
+                # EOF: the client may only have shut down its sending side (socat does);
+                # its requests still get their answers, and a stream ends when a send fails.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client disconnected mid-stream
+        except* Exception as group:  # one client's trouble never takes the supervisor down
+            log.error("connection failed", error=repr(group.exceptions[0]))
+        finally:
+            for fd in pending_fds:
+                os.close(fd)
+            self.connections -= 1
+            sock.close()
+
+    async def answer(self, conn: Connection, line: bytes, fds: list[int]) -> None:
+        request_id: Any = None
+        try:
+            request = protocol.parse_request(line)
+            request_id = request.id
+            method = self.methods.get(request.method)
+            if method is None:
+                raise protocol.RpcError(protocol.METHOD_NOT_FOUND,
+                                        f"unknown method {request.method!r}", request_id=request_id)
+            result, reply_fds = await _call(method, request, conn, fds)
+            fds = []
+            if request_id is not None:
+                await conn.send(protocol.encode_result(request_id, result), reply_fds)
+            for fd in reply_fds:
+                os.close(fd)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            conn.hang_up()
+        except Exception as exc:
+            code, message, data = protocol.error_from_exception(exc)
+            if code == protocol.INTERNAL_ERROR:
+                log.error("internal error", method=line[:80].decode(errors="replace"),
+                          error=message)
+            try:
+                await conn.send(protocol.encode_error(request_id, code, message, data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                conn.hang_up()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    # --- methods --------------------------------------------------------------------
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"version": VERSION, "pid": os.getpid()}
+
+    async def info(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self.info_doc, "containers": len(self.sup.containers),
+                "running": self.sup.active_count()}
+
+    async def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = await self.sup.create(params)
+        return {"id": c.id, "name": c.record.name}
+
+    async def start(self, params: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+        c = self.sup.get(_ref(params))
+        attach = _attach(params, fds)
+        await self.sup.start(c, attach)
+        return {"id": c.id}, _pty(attach)
+
+    async def run(self, params: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+        create = {k: v for k, v in params.items() if k not in ("attach", "fds")}
+        c = await self.sup.create(create)
+        attach = _attach(params, fds)
+        try:
+            await self.sup.start(c, attach)
+        except BaseException:
+            if c.options.auto_remove and c.id in self.sup.containers:
+                await self.sup.remove(c, force=True)
+            raise
+        return {"id": c.id, "name": c.record.name,
+                "tty": c.options.request.terminal}, _pty(attach)
+
+    async def stop(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        await self.sup.stop(c, float(params.get("timeout", 10)))
+        return {"id": c.id}
+
+    async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        if is_active(c.status):
+            await self.sup.stop(c, float(params.get("timeout", 10)))
+        await self.sup.start(c)
+        return {"id": c.id}
+
+    async def kill(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        self.sup.signal(c, _signal(params.get("signal", "KILL")))
+        return {"id": c.id}
+
+    async def remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        await self.sup.remove(c, bool(params.get("force", False)))
+        return {"id": c.id}
+
+    async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        show_all = bool(params.get("all", False))
+        return [self._summary(c) for c in self.sup.containers.values()
+                if show_all or is_active(c.status)]
+
+    async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        r = c.record
+        return {**self._summary(c), "oom_killed": r.oom_killed, "started_at": r.started_at,
+                "finished_at": r.finished_at, "restart_count": r.restart_count,
+                "restart_policy": str(c.options.restart), "spec": self.sup.store.get(c.id).spec,
+                "log_path": r.log_path, "manually_stopped": r.manually_stopped,
+                "params": r.params}
+
+    async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        if params.get("next_exit") and c.status == Status.RUNNING:
+            await c.exited.wait()
+            return {"exit_code": c.record.exit_code}
+        return {"exit_code": await self.sup.wait(c)}
+
+    async def logs(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
+        c = self.sup.get(_ref(params))
+        _, max_file = parse_log_opts(c.options.log_opts)
+        since = _time_param(params, "since")
+        until = _time_param(params, "until")
+        tail = params.get("tail")
+        if tail is not None and (not isinstance(tail, int) or tail < 0):
+            raise SpecError("invalid params: 'tail' must be a number >= 0")
+
+        async def send(line: Any) -> None:
+            await conn.send(protocol.encode_stream_item(request_id, "logs.line", {
+                "stream": line.stream, "time": line.time,
+                "line": line.text.decode(errors="replace")}))
+
+        if not params.get("follow"):
+            lines = await trio.to_thread.run_sync(
+                lambda: read_lines(c.record.log_path, max_file, since, until, tail))
+            for line in lines:
+                await send(line)
+            return {"done": True}
+        async with trio.open_nursery() as nursery:
+            async def follow() -> None:
+                async for line in follow_lines(c.record.log_path, max_file, since, tail):
+                    await send(line)
+            nursery.start_soon(follow)
+            if is_active(c.status):
+                await c.finished.wait()
+            await trio.sleep(0.2)  # the pumps drained before finished: let follow catch up
+            nursery.cancel_scope.cancel()
+        return {"done": True}
+
+    async def subscribe(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
+        since = params.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise SpecError("invalid params: 'since' must be an event sequence number")
+        async for event in self.events.subscribe(since):
+            await conn.send(protocol.encode_stream_item(request_id, "event", event.to_json()))
+        return {"done": True}
+
+    async def shutdown_method(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.shutdown()
+        return {}
+
+    def _summary(self, c: Any) -> dict[str, Any]:
+        r = c.record
+        return {"id": c.id, "name": r.name, "status": r.status,
+                "status_text": _status_text(c), "pid": r.pid, "exit_code": r.exit_code,
+                "created": r.created, "command": r.params.get("command", []),
+                "restart": str(c.options.restart), "restart_count": r.restart_count}
+
+
+def _status_text(c: Any) -> str:
+    status = c.record.status
+    if status == Status.RESTARTING.value and c.scheduled is not None:
+        return str(c.scheduled.describe(trio.current_time()))
+    if status == Status.EXITED.value:
+        return f"exited ({c.record.exit_code})"
+    return str(status)
+
+
+async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request,
+                conn: Connection, fds: list[int]) -> tuple[Any, list[int]]:
+    params = request.params
+    name = method.__name__
+    if name in ("logs", "subscribe"):
+        return await method(params, conn, request.id), []
+    if name in ("start", "run"):
+        result, reply_fds = await method(params, fds)
+        return result, reply_fds
+    return await method(params), []
+
+
+def _ref(params: dict[str, Any]) -> str:
+    ref = params.get("id")
+    if not isinstance(ref, str) or not ref:
+        raise protocol.RpcError(protocol.INVALID_PARAMS, "invalid params: 'id' must name a "
+                                "container (name, id or id prefix)")
+    return ref
+
+
+def _attach(params: dict[str, Any], fds: list[int]) -> Attach | None:
+    if not params.get("attach"):
+        return None
+    names = params.get("fds") or []
+    if not isinstance(names, list) or len(names) != len(fds) or not set(names) <= {
+            "stdin", "stdout", "stderr"}:
+        raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                "invalid params: 'fds' must name each passed descriptor")
+    by_name = dict(zip(names, fds, strict=True))
+    fds.clear()  # the Attach owns them now
+    return Attach(by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"))
+
+
+def _pty(attach: Attach | None) -> list[int]:
+    if attach is None or attach.pty_master is None:
+        return []
+    master, attach.pty_master = attach.pty_master, None
+    return [master]
+
+
+def _signal(value: Any) -> int:
+    """A signal by number, name or SIG-name: 9, "KILL", "SIGKILL"."""
+    number = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.upper().removeprefix("SIG")
+        number = int(text) if text.isdigit() else int(getattr(signal, f"SIG{text}", 0))
+    if not 0 < number < signal.NSIG:
+        raise SpecError(f"invalid signal {value!r}")
+    return number
+
+
+def _time_param(params: dict[str, Any], key: str) -> int | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    try:
+        return parse_since(str(value), time.time_ns())
+    except ValueError as exc:
+        raise SpecError(f"invalid --{key} {value!r}: {exc}") from None
+
+
+def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _peer_allowed(sock: trio.socket.SocketType) -> bool:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.geteuid())
+
+
+def default_info(paths: Any, cgroup_driver: str) -> dict[str, Any]:
+    return {"version": VERSION, "rootless": os.geteuid() != 0,
+            "cgroup_driver": cgroup_driver,
+            "capabilities": list(capabilities.DEFAULT_CAPABILITIES),
+            "seccomp": "default",
+            "paths": {"data": paths.data, "run": paths.run, "log": paths.log}}

@@ -1,0 +1,101 @@
+"""The supervisor's side of the zygote: ask it for an init, then start the init.
+
+``Spawner.create`` sends a spec to the zygote and gets back the init (a child of ours,
+thanks to CLONE_PARENT) standing before exec; ``Spawner.start`` lets it exec. Both
+await without blocking trio: the zygote works while other tasks run.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import json
+import os
+import socket
+
+import trio
+
+from runtime.channel import Channel, ChannelClosed, ExecFailed, Start
+from runtime.errors import ExecFailed as ExecFailedError
+from runtime.errors import HostError
+from runtime.errors import SetupFailed as SetupFailedError
+from runtime.idmap import IdMapPlan
+from runtime.init import InitConfig
+from runtime.spec import ContainerSpec
+from supervisor import zygote
+from supervisor.zygote import CreatedInit
+
+
+class Spawner:
+    def __init__(self, sock: socket.socket, zygote_pid: int) -> None:
+        sock.setblocking(False)
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self._lock = trio.Lock()
+        self.zygote_pid = zygote_pid
+
+    async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
+                     stdio: tuple[int, int, int]) -> CreatedInit:
+        """An init in its namespaces, before exec. Raises the init's error (and reaps a
+        half-made init) when setup fails."""
+        payload = zygote.encode_request(spec, config, plan)
+        async with self._lock:
+            await self._sock.sendmsg([payload], [_rights(stdio)])
+            data, ancdata, _flags, _addr = await self._sock.recvmsg(
+                zygote.MAX_PACKET, socket.CMSG_SPACE(4 * 8))
+        if not data:
+            raise HostError("the zygote exited")
+        reply = json.loads(data)
+        fds = _fds(ancdata)
+        if not reply["ok"]:
+            _reap(reply.get("pid"))
+            raise zygote.decode_error(reply["error"])
+        return CreatedInit(pid=reply["pid"], pidfd=fds[0], channel_fd=fds[1],
+                           pty_master=fds[2] if reply["pty"] else None)
+
+    async def start(self, init: CreatedInit) -> None:
+        """Let the init exec; raise ExecFailed (and reap it) if the exec fails."""
+        sock = socket.socket(fileno=init.channel_fd)
+        channel = Channel(sock)
+        try:
+            channel.send(Start())
+            await trio.lowlevel.wait_readable(sock)
+            reply = channel.receive()
+        except (ChannelClosed, ConnectionResetError):
+            return  # closed on exec: the command runs
+        finally:
+            channel.close()
+        if isinstance(reply, ExecFailed):
+            raise ExecFailedError(reply.errno, reply.message)
+        raise SetupFailedError(getattr(reply, "errno", 0), f"unexpected reply {reply!r}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _rights(fds: tuple[int, ...]) -> tuple[int, int, bytes]:
+    import array
+
+    return socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes()
+
+
+def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    import array
+
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _reap(pid: int | None) -> None:
+    """Reap an init the zygote killed after a failed setup (it is our child)."""
+    if pid:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno_codes.ECHILD:
+                raise

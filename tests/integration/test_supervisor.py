@@ -1,0 +1,239 @@
+"""The supervisor end to end: detached containers, logs, restart policies, events,
+recovery after kill -9, and the control socket under bad input, root and rootless."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from tests.integration import harness
+from tests.integration.harness import Myctr
+
+
+def _inspect(myctr: Myctr, ref: str) -> dict:  # type: ignore[type-arg]
+    result = myctr("inspect", ref)
+    assert result.returncode == 0, result
+    return json.loads(result.stdout)[0]  # type: ignore[no-any-return]
+
+
+def _until(predicate: object, timeout: float = 20.0) -> None:
+    """Wait for a condition the supervisor brings about (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {predicate}")
+
+
+def _detached(myctr: Myctr, *args: str) -> str:
+    result = myctr("run", "-d", "--rootfs", str(myctr.rootfs), *args)
+    assert result.returncode == 0, result
+    return result.stdout.strip()
+
+
+class TestDetachedContainers:
+    def test_run_ps_logs_stop_rm(self, myctr: Myctr) -> None:
+        """A detached container shows in ps, its output in logs, and stops and goes."""
+        cid = _detached(myctr, "--name", "web", "/bin/sh", "-c",
+                        "echo hello; echo oops >&2; exec sleep 1000")
+        assert len(cid) == 64
+        ps = myctr("ps")
+        assert "web" in ps.stdout and "running" in ps.stdout
+        _until(lambda: myctr("logs", "web").stdout == "hello\n")
+        logs = myctr("logs", "web")
+        assert (logs.stdout, logs.stderr) == ("hello\n", "oops\n")
+        assert myctr("stop", "-t", "1", "web").returncode == 0
+        info = _inspect(myctr, "web")
+        assert info["status"] == "exited" and info["exit_code"] in (137, 143)
+        assert myctr("rm", "web").returncode == 0
+        assert myctr("ps", "-a", "-q").stdout == ""
+
+    def test_rm_running_needs_force(self, myctr: Myctr) -> None:
+        """rm refuses a running container (125); rm -f kills and removes it."""
+        _detached(myctr, "--name", "busy", "/bin/sleep", "1000")
+        refused = myctr("rm", "busy")
+        assert refused.returncode == 125 and "stop it first" in refused.stderr
+        assert myctr("rm", "-f", "busy").returncode == 0
+
+    def test_kill_signal_and_wait(self, myctr: Myctr) -> None:
+        """kill -s TERM reaches a trap in PID 1 and wait prints the exit code."""
+        _detached(myctr, "--name", "trap", "/bin/sh", "-c",
+                  "trap 'exit 9' TERM; while true; do sleep 0.1; done")
+        assert myctr("kill", "-s", "TERM", "trap").returncode == 0
+        assert myctr("wait", "trap").stdout.strip() == "9"
+        myctr("rm", "trap")
+
+    def test_id_prefix_and_unknown(self, myctr: Myctr) -> None:
+        """Containers are found by id prefix; an unknown one is a one-line 125."""
+        cid = _detached(myctr, "/bin/true")
+        assert myctr("wait", cid[:8]).stdout.strip() == "0"
+        missing = myctr("inspect", "nope")
+        assert missing.returncode == 125
+        assert missing.stderr.strip() == "myctr: no such container: nope"
+        myctr("rm", cid[:8])
+
+
+class TestRestartPolicies:
+    def test_always_restarts_until_stopped(self, myctr: Myctr) -> None:
+        """--restart always restarts a crashing container; stop disables the policy."""
+        _detached(myctr, "--name", "crash", "--restart", "always", "--restart-delay", "0.02",
+                  "--restart-max-delay", "0.05", "/bin/sh", "-c", "exit 3")
+        _until(lambda: _inspect(myctr, "crash")["restart_count"] >= 3)
+        ps = myctr("ps", "-a").stdout
+        assert "crash" in ps
+        assert myctr("stop", "-t", "1", "crash").returncode == 0
+        count = _inspect(myctr, "crash")["restart_count"]
+        info = _inspect(myctr, "crash")
+        assert info["status"] == "exited" and info["restart_count"] == count
+        myctr("rm", "crash")
+
+    def test_on_failure_stops_after_n(self, myctr: Myctr) -> None:
+        """on-failure:3 restarts a failing container exactly three times."""
+        _detached(myctr, "--name", "flaky", "--restart", "on-failure:3",
+                  "--restart-delay", "0.01", "/bin/sh", "-c", "exit 4")
+        assert myctr("wait", "flaky").stdout.strip() == "4"
+        info = _inspect(myctr, "flaky")
+        assert (info["status"], info["restart_count"], info["exit_code"]) == ("exited", 3, 4)
+        myctr("rm", "flaky")
+
+    def test_on_failure_ignores_success(self, myctr: Myctr) -> None:
+        """on-failure does not restart a container that exits 0."""
+        _detached(myctr, "--name", "ok", "--restart", "on-failure", "/bin/true")
+        assert myctr("wait", "ok").stdout.strip() == "0"
+        assert _inspect(myctr, "ok")["restart_count"] == 0
+        myctr("rm", "ok")
+
+    def test_bad_policy(self, myctr: Myctr) -> None:
+        """An unknown restart policy exits 125 naming it, and creates nothing."""
+        result = myctr("run", "-d", "--restart", "sometimes", "--rootfs", str(myctr.rootfs),
+                       "/bin/true")
+        assert result.returncode == 125 and "sometimes" in result.stderr
+        assert myctr("ps", "-a", "-q").stdout == ""
+
+
+class TestRecovery:
+    def test_kill_9_of_the_supervisor(self, myctr: Myctr) -> None:
+        """After kill -9 of the supervisor its containers die with it; the next one
+        restarts the 'always' container, marks the other exited, and leaks nothing."""
+        _detached(myctr, "--name", "keep", "--restart", "always", "/bin/sleep", "1000")
+        _detached(myctr, "--name", "once", "/bin/sleep", "1000")
+        old = _inspect(myctr, "keep")["pid"]
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        os.kill(reply["result"]["pid"], signal.SIGKILL)
+        _until(lambda: not harness.alive(old))
+        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        keep = _inspect(myctr, "keep")  # this call starts a new supervisor
+        assert keep["status"] == "running" and keep["pid"] not in (0, old)
+        once = _inspect(myctr, "once")
+        assert (once["status"], once["exit_code"]) == ("exited", 137)
+        assert myctr("rm", "-f", "keep", "once").returncode == 0
+
+
+class TestLogs:
+    def test_rotation_keeps_every_byte(self, myctr: Myctr) -> None:
+        """200 MB written through rotation (max-size 10m) are all in the log files."""
+        from supervisor.logfile import read_lines
+
+        total = 200 * 1024 * 1024
+        line = "x" * 1023
+        cid = _detached(myctr, "--log-opt", "max-size=10m", "--log-opt", "max-file=30",
+                        "/bin/sh", "-c", f"yes {line} | head -c {total}")
+        assert myctr("wait", cid).stdout.strip() == "0"
+        log_path = _inspect(myctr, cid)["log_path"]
+        lines = read_lines(log_path, max_file=30)
+        assert sum(len(x.text) + 1 for x in lines) == total
+        assert all(x.text == line.encode() for x in lines)
+        files = [p for p in os.listdir(os.path.dirname(log_path)) if p.startswith(cid)]
+        assert 20 <= len(files) <= 30
+        assert all(os.path.getsize(os.path.join(os.path.dirname(log_path), f))
+                   <= 10 * 1024 * 1024 + 1024 * 1024 for f in files)
+        myctr("rm", cid)
+
+    def test_tail_and_follow(self, myctr: Myctr) -> None:
+        """logs --tail 2 keeps the last lines; logs -f streams until the container exits."""
+        cid = _detached(myctr, "/bin/sh", "-c", "for i in 1 2 3 4; do echo $i; sleep 0.2; done")
+        followed = myctr("logs", "-f", cid)
+        assert followed.stdout == "1\n2\n3\n4\n"
+        assert myctr("logs", "--tail", "2", cid).stdout == "3\n4\n"
+        myctr("rm", cid)
+
+
+class TestEventsAndSocket:
+    def test_events_carry_sequence_numbers(self, myctr: Myctr) -> None:
+        """events --since resumes the stream; a run shows create, start and die."""
+        assert myctr("info").returncode == 0  # the supervisor is up
+        cid = _detached(myctr, "/bin/true")
+        assert myctr("wait", cid).returncode == 0
+        events = _read_events(myctr.state_root, since=0, until_type="die")
+        kinds = [e["type"] for e in events if e["container"] == cid]
+        assert kinds[:3] == ["create", "start", "die"]
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        later = _read_events(myctr.state_root, since=seqs[1], until_type="die")
+        assert later[0]["seq"] == seqs[2]
+        myctr("rm", cid)
+
+    def test_bad_input_and_many_clients(self, myctr: Myctr) -> None:
+        """Malformed JSON, unknown methods, bad params, an over-long line and 50 clients at
+        once each get their error (or are dropped), and the supervisor lives on."""
+        assert myctr("info").returncode == 0
+        path = str(myctr.state_root / "run" / "control.sock")
+        assert _exchange(path, b"{not json\n")["error"]["code"] == -32700
+        assert _exchange(path, b'{"jsonrpc":"2.0","id":1,"method":"nope"}\n')[
+            "error"]["code"] == -32601
+        assert _exchange(path, b'{"jsonrpc":"2.0","id":2,"method":"container.stop",'
+                               b'"params":{"id":5}}\n')["error"]["code"] == -32602
+        assert _exchange(path, b"x" * (1024 * 1024 + 10) + b"\n")["error"]["code"] == -32006
+        with socket.socket(socket.AF_UNIX) as sock:  # leave mid-stream
+            sock.connect(path)
+            sock.sendall(b'{"jsonrpc":"2.0","id":3,"method":"events.subscribe"}\n')
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(_exchange(
+            path, b'{"jsonrpc":"2.0","id":7,"method":"ping"}\n'))) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 50
+        assert all(r["result"]["pid"] for r in results)  # type: ignore[index]
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def _exchange(path: str, data: bytes) -> dict:  # type: ignore[type-arg]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        sock.sendall(data)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return json.loads(reply)  # type: ignore[no-any-return]
+
+
+def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  # type: ignore[type-arg]
+    events = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(str(state_root / "run" / "control.sock"))
+        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe",
+                                 "params": {"since": since}}).encode() + b"\n")
+        buffer = b""
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended"
+            buffer += chunk
+            while b"\n" in buffer:
+                line, _, buffer = buffer.partition(b"\n")
+                event = json.loads(line)["params"]
+                events.append(event)
+                if event["type"] == until_type:
+                    return events
