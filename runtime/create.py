@@ -114,7 +114,7 @@ def create(
     """
     parent_end, child_end = Channel.pair()
     flags = clone_flags(spec) | (libc.CLONE_PARENT if clone_parent else 0)
-    with _stdio_for_child(stdio):
+    with stdio_for_child(stdio):
         pid, pidfd = libc.clone3(flags)
         if pid == 0:
             parent_end.close()
@@ -122,7 +122,7 @@ def create(
     child_end.close()
     process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=not clone_parent)
     try:
-        _handshake(process, spec, plan)
+        handshake(process, plan if spec.uses_user_namespace else None)
     except BaseException as exc:
         process.channel.close()
         process.kill_and_reap()
@@ -132,7 +132,7 @@ def create(
 
 
 @contextlib.contextmanager
-def _stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
+def stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
     """Put ``stdio`` on fds 0-2 around the clone, then restore ours (single-threaded)."""
     if stdio is None:
         yield
@@ -148,9 +148,9 @@ def _stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
             os.close(source)
 
 
-def _handshake(process: InitProcess, spec: ContainerSpec, plan: IdMapPlan | None) -> None:
-    if spec.uses_user_namespace:
-        assert plan is not None, "a user namespace needs an id map plan"
+def handshake(process: InitProcess, plan: IdMapPlan | None) -> None:
+    """Write the id maps (when ``plan``), then wait for the child's Ready."""
+    if plan is not None:
         write_maps(process.pid, plan)
         process.channel.send(MappingWritten())
     while True:

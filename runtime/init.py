@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import termios
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import capabilities, libc, rootfs
@@ -47,9 +48,14 @@ class InitConfig(NamedTuple):
 
 def run_init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
     """The child's whole life. Never returns."""
+    run_guarded(channel, lambda: _init(spec, paths, channel))
+
+
+def run_guarded(channel: Channel, body: Callable[[], None]) -> None:
+    """Run a forked child's ``body``; report any failure on ``channel``; never return."""
     code = 125
     try:
-        _init(spec, paths, channel)
+        body()
     except ExecError as exc:
         channel.send(ExecFailed(exc.errno, exc.message))
         code = 127 if exc.errno == 2 else 126
@@ -88,6 +94,12 @@ def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
     _build_root(spec, paths)
+    become_process(spec, paths, channel)
+
+
+def become_process(spec: ContainerSpec, config: InitConfig, channel: Channel) -> None:
+    """In the container's root: the user, the terminal, Ready/Start, then the
+    process's own settings and privileges, and exec (shared by init and exec)."""
     user = _resolve_user(spec)
     if spec.process.terminal:
         _attach_terminal(channel)
@@ -97,7 +109,7 @@ def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
     channel.expect(Start)
     _enter_workdir(spec.process.cwd)
     _set_rlimits(spec)
-    _drop_privileges(spec, paths, user)
+    _drop_privileges(spec, config, user)
     _close_inherited_fds(keep=channel.fileno())
     _exec(spec, user)
 

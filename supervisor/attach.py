@@ -144,3 +144,30 @@ def _copy(src: int, dst: int) -> bool:
         except BrokenPipeError:
             return True  # our reader went away; keep draining so the container is not stuck
     return True
+
+
+def exec_attached(client: Client, params: dict[str, Any], interactive: bool,
+                  terminal: bool) -> int:
+    """``exec``: the process gets our stdio directly (or a pty, with ``-t``)."""
+    fds, names = ([], []) if terminal else ([1, 2], ["stdout", "stderr"])
+    if interactive and not terminal:
+        fds, names = [0, *fds], ["stdin", *names]
+    request_id = client.send("container.exec", {**params, "fds": names}, fds)
+    container = params["id"]
+    with _forwarding_signals(client, container):
+        if terminal:
+            _wait_for_pty(client, request_id)
+            [master] = client.take_fds()
+            _pump_terminal(master, interactive)
+        return int(client.result(request_id)["exit_code"])
+
+
+def _wait_for_pty(client: Client, request_id: int) -> None:
+    while True:
+        message = client.receive()
+        if message.get("method") == "exec.started":
+            return
+        if message.get("id") == request_id:
+            client.early[request_id] = message  # failed before a pty existed
+            client.result(request_id)
+            return

@@ -244,6 +244,33 @@ async def logs(paths: Any, follow: bool, tail: int | None, since: str | None,
     return 0
 
 
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY.")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable.")
+@click.option("-u", "--user", help="USER[:GROUP] (default: the container's).")
+@click.option("-w", "--workdir", help="Working directory (default: the container's).")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True)
+@click.pass_obj
+async def exec_command(paths: Any, interactive: bool, tty: bool, env: tuple[str, ...],
+                       user: str | None, workdir: str | None, container: str,
+                       command: tuple[str, ...]) -> int:
+    """Run a command in a running container."""
+    from runtime import options
+    from supervisor.attach import exec_attached
+
+    params: dict[str, Any] = {
+        "id": container, "command": list(command), "tty": tty, "interactive": interactive,
+        "env": [e for e in (options.parse_env(v) for v in env) if e is not None],
+    }
+    if user is not None:
+        params["user"] = user
+    if workdir is not None:
+        params["workdir"] = workdir
+    return exec_attached(_client(paths), params, interactive, tty)
+
+
 @cli.command()
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj

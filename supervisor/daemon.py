@@ -114,6 +114,7 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
     async with trio.open_nursery() as nursery:
         sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery)
         server = ControlServer(sup, events, default_info(paths, cgroup_driver()), stop.set)
+        nursery.start_soon(sup.reap_strays)
         await sup.recover()
         await nursery.start(server.serve, socket_path(paths.run))
         signal_ready()

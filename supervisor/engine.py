@@ -12,15 +12,18 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import trio
 
 from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, process_start_time
-from runtime.errors import Conflict, ContainerError
+from runtime.errors import Conflict, ContainerError, SpecError
+from runtime.init import InitConfig
 from runtime.log import get_logger
 from runtime.paths import StatePaths
+from runtime.spec import ContainerSpec
 from supervisor import prepare as preparing
 from supervisor.events import EventLog
 from supervisor.logfile import LogWriter, parse_log_opts
@@ -91,6 +94,7 @@ class Supervisor:
         self.nursery = nursery
         self.containers: dict[str, Container] = {}
         self.devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.known_children: set[int] = {spawner.zygote_pid}
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -234,6 +238,7 @@ class Supervisor:
             close_quietly(out_r, err_r, init.pidfd, init.pty_master)
             await self._reap(init.pid)
             raise
+        self.known_children.add(init.pid)
         self._set(c, status=Status.RUNNING.value, pid=init.pid,
                   pid_start=process_start_time(init.pid), started_at=time.time(),
                   exit_code=None)
@@ -273,6 +278,7 @@ class Supervisor:
             writer.close()
             close_quietly(init.pidfd)
             c.pidfd = -1
+            self.known_children.discard(init.pid)
         self._exit(c, code)
         return code
 
@@ -285,6 +291,48 @@ class Supervisor:
     async def _reap(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
             await trio.to_thread.run_sync(os.waitpid, pid, 0)
+
+    # --- exec -----------------------------------------------------------------------
+
+    async def exec(self, c: Container, params: dict[str, Any], attach: Attach,
+                   on_pty: Callable[[int], Awaitable[None]]) -> int:
+        """Run one more process in the running container; return its exit status."""
+        if c.status != Status.RUNNING or c.pidfd < 0:
+            raise Conflict(f"container {c.record.name} is not running")
+        spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
+                                 stdin=attach.stdin is not None)
+        stdio = (attach.stdin if attach.stdin is not None else self.devnull,
+                 attach.stdout if attach.stdout is not None else self.devnull,
+                 attach.stderr if attach.stderr is not None else self.devnull)
+        try:
+            init = await self.spawner.create_exec(spec, config, stdio, c.pidfd)
+        finally:
+            attach.close()
+        self.known_children.add(init.pid)
+        try:
+            if init.pty_master is not None:
+                await on_pty(init.pty_master)
+            try:
+                await self.spawner.start(init)
+                code = await _wait_exit(init.pid, init.pidfd)
+            except trio.Cancelled:  # the client went away: end the process
+                with contextlib.suppress(ProcessLookupError):
+                    libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await _wait_exit(init.pid, init.pidfd)
+                raise
+            except BaseException:
+                # An exec failure: the joiner exits by itself once it has reaped the
+                # process it forked in the container. Killed early, it would orphan that
+                # zombie to us, and it would hold the container's pid namespace open.
+                with trio.CancelScope(shield=True):
+                    await _wait_exit(init.pid, init.pidfd)
+                raise
+        finally:
+            self.known_children.discard(init.pid)
+            close_quietly(init.pidfd, init.pty_master)
+        self._emit(c, "exec-die", exit_code=code, command=spec.process.args[0])
+        return code
 
     # --- stop / kill / remove -------------------------------------------------------
 
@@ -336,6 +384,18 @@ class Supervisor:
         if is_active(c.status) or c.scope is not None:
             await c.finished.wait()
         return c.record.exit_code if c.record.exit_code is not None else 0
+
+    # --- strays ---------------------------------------------------------------------
+
+    async def reap_strays(self) -> None:
+        """As a subreaper we inherit orphans (say a process whose parent died before
+        reaping it); reap every zombie child that no task of ours waits for."""
+        with trio.open_signal_receiver(signal.SIGCHLD) as sigchld:
+            async for _ in sigchld:
+                for pid in _zombie_children():
+                    if pid not in self.known_children:
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(pid, os.WNOHANG)
 
     # --- recovery -------------------------------------------------------------------
 
@@ -394,6 +454,22 @@ async def _wait_exit(pid: int, pidfd: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _zombie_children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    zombies = []
+    for pid in children:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+            if stat[stat.rindex(b")") + 2 :].split()[0] == b"Z":
+                zombies.append(pid)
+    return zombies
+
+
 async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) -> None:
     """Copy one of the container's outputs into its log (and to an attached client);
     reading only as fast as we write gives the container back-pressure."""
@@ -430,3 +506,30 @@ async def _kill_orphan(pid: int, start: int) -> None:
     finally:
         os.close(pidfd)
 
+
+
+def exec_spec(container_spec: dict[str, Any], options: CreateOptions, params: dict[str, Any],
+              stdin: bool) -> tuple[ContainerSpec, InitConfig]:
+    """The container's spec with the exec's process: its command, the container's
+    environment plus ``env``, and ``user``/``workdir``/``tty`` when given."""
+    from runtime.options import merge_env, parse_env
+
+    spec = ContainerSpec.from_oci(container_spec)
+    command = params.get("command")
+    if not isinstance(command, list) or not command or not all(
+            isinstance(a, str) for a in command):
+        raise SpecError("invalid params: 'command' must name the command to run")
+    extra = [e for e in (parse_env(v, {}) for v in params.get("env") or []) if e]
+    process = spec.process._replace(
+        args=tuple(command),
+        env=merge_env(spec.process.env, extra),
+        cwd=params.get("workdir") or spec.process.cwd,
+        user_name=params.get("user") or spec.process.user_name,
+        terminal=bool(params.get("tty")),
+    )
+    if params.get("tty") and "TERM=xterm" not in process.env:
+        process = process._replace(env=merge_env(process.env, ["TERM=xterm"]))
+    config = InitConfig(lower=(), upper="", work="", merged="", stdin_devnull=not stdin,
+                        seccomp_bpf=preparing.compile_seccomp(
+                            preparing.seccomp_profile(options.request)))
+    return spec._replace(process=process), config

@@ -74,9 +74,10 @@ class ControlServer:
             "container.create": self.create, "container.start": self.start,
             "container.run": self.run, "container.stop": self.stop,
             "container.restart": self.restart, "container.kill": self.kill,
-            "container.remove": self.remove, "container.list": self.list,
+            "container.remove": self.remove, "container.list": self.list_containers,
             "container.inspect": self.inspect, "container.wait": self.wait,
             "container.logs": self.logs, "events.subscribe": self.subscribe,
+            "container.exec": self.exec,
             "supervisor.shutdown": self.shutdown_method,
         }
 
@@ -218,7 +219,7 @@ class ControlServer:
         await self.sup.remove(c, bool(params.get("force", False)))
         return {"id": c.id}
 
-    async def list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         return [self._summary(c) for c in self.sup.containers.values()
                 if show_all or is_active(c.status)]
@@ -278,6 +279,20 @@ class ControlServer:
             await conn.send(protocol.encode_stream_item(request_id, "event", event.to_json()))
         return {"done": True}
 
+    async def exec(self, params: dict[str, Any], conn: Connection, request_id: Any,
+                   fds: list[int]) -> Any:
+        """Run a process in the container with the client's stdio; with a terminal, an
+        ``exec.started`` notification carries the pty master first."""
+        c = self.sup.get(_ref(params))
+        attach = _attach({**params, "attach": True}, fds)
+        assert attach is not None
+
+        async def send_pty(master: int) -> None:
+            await conn.send(protocol.encode_stream_item(request_id, "exec.started", {}),
+                            [master])
+
+        return {"exit_code": await self.sup.exec(c, params, attach, send_pty)}
+
     async def shutdown_method(self, params: dict[str, Any]) -> dict[str, Any]:
         self.shutdown()
         return {}
@@ -305,6 +320,8 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
     name = method.__name__
     if name in ("logs", "subscribe"):
         return await method(params, conn, request.id), []
+    if name == "exec":
+        return await method(params, conn, request.id, fds), []
     if name in ("start", "run"):
         result, reply_fds = await method(params, fds)
         return result, reply_fds

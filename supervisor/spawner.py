@@ -36,20 +36,29 @@ class Spawner:
                      stdio: tuple[int, int, int]) -> CreatedInit:
         """An init in its namespaces, before exec. Raises the init's error (and reaps a
         half-made init) when setup fails."""
-        payload = zygote.encode_request(spec, config, plan)
+        return await self._ask(zygote.encode_request(spec, config, plan), stdio)
+
+    async def create_exec(self, spec: ContainerSpec, config: InitConfig,
+                          stdio: tuple[int, int, int], init_pidfd: int) -> CreatedInit:
+        """A process joined to the container of ``init_pidfd``, before exec; its pid and
+        pidfd are the joiner's, which exits with the process's status."""
+        return await self._ask(zygote.encode_request(spec, config, None, op="exec"),
+                               (*stdio, init_pidfd))
+
+    async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
-            await self._sock.sendmsg([payload], [_rights(stdio)])
+            await self._sock.sendmsg([payload], [_rights(fds)])
             data, ancdata, _flags, _addr = await self._sock.recvmsg(
                 zygote.MAX_PACKET, socket.CMSG_SPACE(4 * 8))
         if not data:
             raise HostError("the zygote exited")
         reply = json.loads(data)
-        fds = _fds(ancdata)
+        received = _fds(ancdata)
         if not reply["ok"]:
             _reap(reply.get("pid"))
             raise zygote.decode_error(reply["error"])
-        return CreatedInit(pid=reply["pid"], pidfd=fds[0], channel_fd=fds[1],
-                           pty_master=fds[2] if reply["pty"] else None)
+        return CreatedInit(pid=reply["pid"], pidfd=received[0], channel_fd=received[1],
+                           pty_master=received[2] if reply["pty"] else None)
 
     async def start(self, init: CreatedInit) -> None:
         """Let the init exec; raise ExecFailed (and reap it) if the exec fails."""

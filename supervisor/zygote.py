@@ -8,8 +8,9 @@ supervisor reaps it, and the init's PDEATHSIG follows the supervisor, not the zy
 
 Wire format (SOCK_SEQPACKET, one packet per message, fds by SCM_RIGHTS)::
 
-    supervisor -> zygote   {"spec": <OCI doc>, "config": {...}, "plan": {...} | null}
-                           + fds [stdin, stdout, stderr]
+    supervisor -> zygote   {"op": "create", "spec": <OCI doc>, "config": {...},
+                            "plan": {...} | null} + fds [stdin, stdout, stderr]
+                           {"op": "exec", ...} + fds [stdin, stdout, stderr, init pidfd]
     zygote -> supervisor   {"ok": true, "pid": N, "pty": bool} + fds [pidfd, channel(, pty)]
                            {"ok": false, "error": {...}, "pid": N | null}
 
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 from runtime import libc
 from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
+from runtime.execute import create_exec
 from runtime.idmap import IdMapPlan
 from runtime.init import InitConfig
 from runtime.spec import ContainerSpec, IdMapping
@@ -83,12 +85,16 @@ def serve(sock: socket.socket) -> None:
 
 
 def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd)."""
     spec = ContainerSpec.from_oci(request["spec"])
     config = decode_config(request["config"])
-    plan = decode_plan(request["plan"])
     stdio = (fds[0], fds[1], fds[2])
     try:
-        process = create(spec, config, plan, stdio=stdio, clone_parent=True)
+        if request.get("op") == "exec":
+            process = create_exec(spec, config, fds[3], stdio)
+        else:
+            plan = decode_plan(request["plan"])
+            process = create(spec, config, plan, stdio=stdio, clone_parent=True)
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc),
                 "pid": getattr(exc, "init_pid", None)}, []
@@ -106,8 +112,9 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
 
 
 def encode_request(spec: ContainerSpec, config: InitConfig,
-                   plan: IdMapPlan | None) -> bytes:
+                   plan: IdMapPlan | None, op: str = "create") -> bytes:
     doc = {
+        "op": op,
         "spec": spec.to_oci(),
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,

@@ -237,3 +237,41 @@ def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  
                 events.append(event)
                 if event["type"] == until_type:
                     return events
+
+
+class TestExec:
+    def test_exec_joins_the_container(self, myctr: Myctr) -> None:
+        """exec runs in the container's namespaces next to PID 1, as its user or -u's."""
+        _detached(myctr, "--name", "box", "-h", "boxhost", "/bin/sleep", "1000")
+        info = json.loads(myctr("exec", "box", "/probe", "info").stdout)
+        assert info["pid"] != 1 and 1 in info["pids"] and info["hostname"] == "boxhost"
+        assert info["caps"]["eff"] == "00000000a80425fb" and info["seccomp"] == 2
+        user = json.loads(myctr("exec", "-u", "user", "-w", "/tmp", "-e", "X=1", "box",
+                                "/probe", "info").stdout)
+        assert (user["uid"], user["cwd"]) == (1000, "/tmp") and "X=1" in user["env"]
+        assert myctr("rm", "-f", "box").returncode == 0
+
+    def test_exec_exit_codes_and_stdin(self, myctr: Myctr) -> None:
+        """exec returns the process's status (127 when not found) and reads stdin with -i;
+        a failed exec leaves nothing that keeps the container from being removed."""
+        _detached(myctr, "--name", "box", "/bin/sleep", "1000")
+        assert myctr("exec", "box", "/bin/sh", "-c", "exit 6").returncode == 6
+        missing = myctr("exec", "box", "nope")
+        assert missing.returncode == 127 and "executable file not found" in missing.stderr
+        assert myctr("exec", "-i", "box", "/bin/cat", input="piped\n").stdout == "piped\n"
+        assert myctr("rm", "-f", "box").returncode == 0
+
+    def test_exec_tty(self, myctr: Myctr) -> None:
+        """exec -t gives the process a terminal of the container's devpts."""
+        _detached(myctr, "--name", "box", "/bin/sleep", "1000")
+        code, output = harness.run_in_pty(myctr.command("exec", "-t", "box", "tty"))
+        assert code == 0 and output.strip().startswith("/dev/pts/")
+        assert myctr("rm", "-f", "box").returncode == 0
+
+    def test_exec_in_stopped_container(self, myctr: Myctr) -> None:
+        """exec into a container that is not running is refused with 125."""
+        _detached(myctr, "--name", "done", "/bin/true")
+        myctr("wait", "done")
+        result = myctr("exec", "done", "/bin/true")
+        assert result.returncode == 125 and "not running" in result.stderr
+        myctr("rm", "done")
