@@ -411,20 +411,23 @@ class Supervisor:
                 continue
             c = Container(record, options)
             self.containers[record.id] = c
-            was_active = is_active(c.status) or c.status == Status.CREATED
-            if record.pid:
-                await _kill_orphan(record.pid, record.pid_start)
-            if c.status not in (Status.EXITED, Status.CREATED):
-                self.store.update(c.id, status=Status.EXITED.value, pid=0,
-                                  exit_code=record.exit_code if record.exit_code is not None
-                                  else 137)
-                c.record = self.store.get(c.id)
-            if c.options.auto_remove and was_active:
-                await trio.to_thread.run_sync(self._forget, c)
-                continue
-            if was_active and restart_on_boot(c.options.restart, record.manually_stopped,
-                                              was_running=True):
-                await self._recover_start(c)
+            await self._recover_one(c)
+
+    async def _recover_one(self, c: Container) -> None:
+        record = c.record
+        was_active = is_active(c.status)
+        if record.pid:
+            await _kill_orphan(record.pid, record.pid_start)
+        if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and was_active):
+            await trio.to_thread.run_sync(self._forget, c)  # finish what the crash cut short
+            return
+        if was_active:
+            code = record.exit_code if record.exit_code is not None else 137
+            self.store.update(c.id, status=Status.EXITED.value, pid=0, exit_code=code)
+            c.record = self.store.get(c.id)
+        if c.status == Status.EXITED and restart_on_boot(
+                c.options.restart, record.manually_stopped, was_running=was_active):
+            await self._recover_start(c)
 
     async def _recover_start(self, c: Container) -> None:
         try:

@@ -275,3 +275,35 @@ class TestExec:
         result = myctr("exec", "done", "/bin/true")
         assert result.returncode == 125 and "not running" in result.stderr
         myctr("rm", "done")
+
+
+class TestSupervisorLife:
+    def test_always_and_unless_stopped_after_a_crash(self, myctr: Myctr) -> None:
+        """After kill -9, a manually stopped 'always' container starts again and a manually
+        stopped 'unless-stopped' one does not (docker's difference between the two)."""
+        for name, policy in (("a", "always"), ("u", "unless-stopped")):
+            _detached(myctr, "--name", name, "--restart", policy, "/bin/sleep", "1000")
+            assert myctr("stop", "-t", "1", name).returncode == 0
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = reply["result"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        assert _inspect(myctr, "a")["status"] == "running"
+        assert _inspect(myctr, "u")["status"] == "exited"
+        assert myctr("rm", "-f", "a", "u").returncode == 0
+
+    def test_idle_supervisor_exits(self, myctr: Myctr) -> None:
+        """An auto-started supervisor with nothing to do exits after its idle time."""
+        env_run = harness.Myctr(myctr.mode, myctr.state_root, myctr.rootfs,
+                                staged=myctr.staged, user=myctr.user)
+        command = env_run.command("info")
+        import subprocess
+
+        subprocess.run(["env", "MYCTR_IDLE_EXIT=0.5", *command] if myctr.mode == "root"
+                       else [*command[:6], "MYCTR_IDLE_EXIT=0.5", *command[6:]],
+                       check=True, capture_output=True)
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = reply["result"]["pid"]
+        _until(lambda: not harness.alive(pid), timeout=10)
