@@ -43,6 +43,15 @@ demo: deps
 	$(VENV)/bin/myctr rootfs bootstrap busybox --force $(DEMO_ROOTFS)
 	$(VENV)/bin/myctr run --rm --rootfs $(DEMO_ROOTFS) --hostname demo /bin/sh -c \
 		'echo "pid: $$$$"; echo "hostname: $$(hostname)"; echo "user: $$(id)"; echo "mounts:"; cat /proc/self/mounts'
+	@echo "--- a supervised service: restart policy, logs, exec"
+	$(VENV)/bin/myctr rm -f demo-svc >/dev/null 2>&1 || true
+	$(VENV)/bin/myctr run -d --name demo-svc --restart always --restart-delay 0.2 \
+		--rootfs $(DEMO_ROOTFS) /bin/sh -c 'echo "started at $$(date +%T)"; sleep 1; exit 1'
+	sleep 3
+	$(VENV)/bin/myctr ps
+	$(VENV)/bin/myctr logs --tail 3 demo-svc
+	$(VENV)/bin/myctr exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
+	$(VENV)/bin/myctr rm -f demo-svc
 
 test: test-deps lint
 	$(PY) -m pytest -q tests
@@ -59,6 +68,7 @@ lint: test-deps
 
 bench: bench-deps
 	$(PY) -m bench.start_latency
+	$(PY) -m bench.supervisor_bench
 
 clean:
 	rm -rf $(VENV) build

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -54,6 +55,7 @@ from bench.start_latency import (
     ToolFailed,
     format_ratio,
     is_hybrid_cgroup,
+    median,
     mount_points,
     oci_config_for_true,
     open_namespaces,
@@ -88,13 +90,14 @@ class Sizes(NamedTuple):
     idle: int = 20
     big_log: int = 200 * MIB
     small_log: int = 20 * MIB
+    log_runs: int = 3
     restarts: int = 30
     restart_window_s: float = 10.0  # how long podman's restart loop is watched
 
 
 FULL = Sizes()
 QUICK = Sizes(runs=5, warmup=1, burst=10, idle=5, big_log=20 * MIB, small_log=2 * MIB,
-              restarts=10, restart_window_s=3.0)
+              log_runs=1, restarts=10, restart_window_s=3.0)
 
 
 # The report: pure data and pure functions over it.
@@ -710,29 +713,36 @@ def memory_podman(bench: Bench, podman: Podman, count: int, command: Sequence[st
 # 4. log throughput.
 
 
+class LogRun(NamedTuple):
+    seconds: float
+    log_bytes: int | None  # None: the output went to a plain file
+    kind: str  # where the output went
+
+
 def measure_logs(bench: Bench) -> Section:
     sizes = bench.sizes
     cases = [("big", f"{sizes.big_log // MIB} MiB, 101-byte lines", sizes.big_log,
               ["/bin/sh", "-c", f"yes {LINE_100} | head -c {sizes.big_log}"]),
              ("small", f"{sizes.small_log // MIB} MiB, 2-byte lines", sizes.small_log,
               ["/bin/sh", "-c", f"yes | head -c {sizes.small_log}"])]
+    writers: dict[str, Callable[[Sequence[str], int], LogRun]] = {
+        "myctr": functools.partial(log_myctr, bench)}
+    for oci in bench.oci:
+        writers[f"{oci.name}-file"] = functools.partial(log_oci, bench, oci)
+    if bench.podman:
+        writers["podman"] = functools.partial(log_podman, bench, bench.podman)
     rows: list[Row] = []
     log_files: list[Row] = []  # the small-lines case's log sizes
     for key, label, size, command in cases:
-        progress(f"logs: {label}")
-        elapsed, log_bytes = log_myctr(bench, command)
-        rows.append(log_row("myctr", label, size, elapsed, f"JSON log {log_bytes / MIB:.1f} MiB"))
-        log_files.append(log_file_row("myctr", label, size, log_bytes, "JSON lines"))
-        for oci in bench.oci:
-            rows.append(log_row(f"{oci.name}-file", label, size,
-                                log_oci(bench, oci, command, size), "stdout is the file"))
-        if bench.podman:
-            elapsed, log_bytes, driver = log_podman(bench, bench.podman, command)
-            rows.append(log_row("podman", label, size, elapsed,
-                                f"{driver} log {log_bytes / MIB:.1f} MiB"))
-            log_files.append(log_file_row("podman", label, size, log_bytes, driver))
-        if key == "big":
-            log_files.clear()
+        progress(f"logs: {label}, {sizes.log_runs} run(s) per tool")
+        runs: dict[str, list[LogRun]] = {tool: [] for tool in writers}
+        for iteration in range(sizes.log_runs):
+            for tool in round_robin_order(list(writers), iteration):
+                runs[tool].append(writers[tool](command, size))
+        rows += [log_row(tool, label, size, done) for tool, done in runs.items()]
+        if key == "small":
+            log_files = [log_file_row(tool, label, size, done[-1])
+                         for tool, done in runs.items() if done[-1].log_bytes is not None]
     rows += log_files
     big, small = cases[0][1], cases[1][1]
     ratios = [comparison(rows, "myctr", other, label, f"{key}:")
@@ -741,11 +751,13 @@ def measure_logs(bench: Bench) -> Section:
               if value_of(rows, other, label) is not None]
     ratios.append(comparison(rows, "myctr", "podman", f"log file, {small}", "log size:"))
     return Section(
-        "logs", "log throughput of one container's stdout",
+        "logs", f"log throughput of one container's stdout, median of {sizes.log_runs} "
+                "run(s) per tool, round-robin",
         "myctr: container.run detached (default log options) to the container.wait result, "
         "which comes once the log pump drained; crun/runc: whole `run` with stdout "
         "redirected to a file; podman: `run -d` spawn to `podman wait` return, default log "
-        "driver. MiB/s = bytes written by the container / time; each includes its start",
+        "driver. MiB/s = bytes written by the container / median time; each includes its "
+        "start",
         tuple(rows), tuple(ratios),
         (("myctr >= 0.8x crun-file (big lines)",
           meets(value_of(rows, "myctr", big), value_of(rows, "crun-file", big), 0.8)),
@@ -753,28 +765,34 @@ def measure_logs(bench: Bench) -> Section:
           meets(value_of(rows, "myctr", small), value_of(rows, "podman", small), 10))))
 
 
-def log_row(tool: str, label: str, size: int, elapsed: float, detail: str) -> Row:
-    return Row(tool, label, size / MIB / elapsed, "MiB/s", f"{elapsed:.2f} s; {detail}")
+def log_row(tool: str, label: str, size: int, runs: Sequence[LogRun]) -> Row:
+    seconds = sorted(run.seconds for run in runs)
+    middle = median(seconds)
+    spread = f" ({seconds[0]:.2f}-{seconds[-1]:.2f})" if len(seconds) > 1 else ""
+    log = runs[-1].log_bytes
+    where = runs[-1].kind if log is None else f"{runs[-1].kind} {log / MIB:.1f} MiB"
+    return Row(tool, label, size / MIB / middle, "MiB/s", f"{middle:.2f} s{spread}; {where}")
 
 
-def log_file_row(tool: str, label: str, size: int, log_bytes: int, kind: str) -> Row:
-    return Row(tool, f"log file, {label}", log_bytes / MIB, "MiB",
-               f"{log_bytes / size:.2f} bytes per byte of output; {kind}")
+def log_file_row(tool: str, label: str, size: int, run: LogRun) -> Row:
+    log = run.log_bytes or 0
+    return Row(tool, f"log file, {label}", log / MIB, "MiB",
+               f"{log / size:.2f} bytes per byte of output; {run.kind}")
 
 
-def log_myctr(bench: Bench, command: Sequence[str]) -> tuple[float, int]:
+def log_myctr(bench: Bench, command: Sequence[str], _size: int) -> LogRun:
     client, name = bench.sup.client, bench.name("log")
     try:
         elapsed, container, code = run_and_wait(client, bench.myctr_params(command, name=name))
         if code != 0:
             raise BenchError(f"myctr: the log writer exited {code}")
         log_path = client.call("container.inspect", {"id": container})["log_path"]
-        return elapsed, os.stat(log_path).st_size
+        return LogRun(elapsed, os.stat(log_path).st_size, "JSON lines log")
     finally:
         remove_myctr(client, [name])
 
 
-def log_oci(bench: Bench, oci: Oci, command: Sequence[str], size: int) -> float:
+def log_oci(bench: Bench, oci: Oci, command: Sequence[str], size: int) -> LogRun:
     name = bench.name(f"log-{oci.name}")
     out, err = bench.work / f"{name}.out", bench.errors / f"{name}.err"
     try:
@@ -788,10 +806,10 @@ def log_oci(bench: Bench, oci: Oci, command: Sequence[str], size: int) -> float:
         out.unlink(missing_ok=True)
     if written != size:
         raise BenchError(f"{oci.name}: the container wrote {written} bytes, not {size}")
-    return elapsed
+    return LogRun(elapsed, None, "stdout is the file")
 
 
-def log_podman(bench: Bench, podman: Podman, command: Sequence[str]) -> tuple[float, int, str]:
+def log_podman(bench: Bench, podman: Podman, command: Sequence[str], _size: int) -> LogRun:
     name = bench.name("log-podman")
     try:
         start = time.perf_counter()
@@ -803,7 +821,7 @@ def log_podman(bench: Bench, podman: Podman, command: Sequence[str]) -> tuple[fl
         driver, path = check_output(podman.argv(
             "inspect", "--format", "{{.HostConfig.LogConfig.Type}} {{.HostConfig.LogConfig.Path}}",
             name), "podman inspect").split()
-        return elapsed, os.stat(path).st_size, driver
+        return LogRun(elapsed, os.stat(path).st_size, f"{driver} log")
     finally:
         check_output(podman.argv("rm", "-f", "--ignore", "-t", "0", name), "podman rm")
 
@@ -904,6 +922,7 @@ def measure_ps(bench: Bench) -> Section:
     if podman:
         tools.append(Tool("podman", lambda _id: podman.argv("ps")))
     tools += [Tool(f"{oci.name}-list", lambda _id, o=oci: o.argv("list")) for oci in bench.oci]
+    tools.append(Tool("python", lambda _id: [sys.executable, "-c", "pass"]))
     samples: dict[str, list[float]] = {tool.name: [] for tool in tools}
     by_name = {tool.name: tool for tool in tools}
     for iteration in range(sizes.warmup + sizes.runs):
@@ -918,7 +937,8 @@ def measure_ps(bench: Bench) -> Section:
         "ps", f"cold listing, {sizes.runs} runs per tool ({sizes.warmup} warm-up)",
         "spawn to exit of `myctr --root R ps` (the supervisor runs, nothing is listed), "
         "`podman ps` on the bench's store, `crun/runc --root S list` (no daemon: reads "
-        "state files)",
+        "state files); python: the venv's `python -c pass`, the floor under any myctr CLI "
+        "command",
         rows, tuple(comparison(rows, "myctr", r.tool) for r in rows[1:]))
 
 
@@ -969,8 +989,8 @@ def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Secti
         find_tools(bench)
         if bench.podman:
             stack.callback(remove_podman_containers, bench.podman, notes)
-        progress(f"tools: myctr, {', '.join(o.name for o in bench.oci)}"
-                 f"{', podman' if bench.podman else ''}; work dir {work}")
+        found = ["myctr", *(o.name for o in bench.oci), *(["podman"] if bench.podman else [])]
+        progress(f"tools: {', '.join(found)}; work dir {work}")
         results = {}
         for name in (n for n in RUN_ORDER if n in only):
             progress(f"{name} ...")

@@ -86,7 +86,7 @@ class TestPodmanEvents:
         text = "\n".join(json.dumps(line) for line in lines) + "\n"
         events = podman_events(text, "a")
         assert [kind for kind, _ in events] == ["died", "start"]
-        assert events[1][1] - events[0][1] == pytest.approx(0.1)
+        assert events[1][1] - events[0][1] == pytest.approx(0.1, abs=1e-6)
 
 
 class TestSplitPodmanArgv:
