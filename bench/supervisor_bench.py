@@ -79,7 +79,9 @@ MIB = 1 << 20
 LINE_100 = "1234567890" * 10  # `yes LINE_100` writes 101-byte lines
 TIMEOUT_S = 600.0  # the most any one tool invocation may take
 SETTLE_S = 1.0  # quiet time before each memory reading
-KERNEL_ANON = ("AnonPages", "KernelStack", "PageTables", "Slab")
+EVENT_TIMEOUT_S = 30.0  # the longest wait for the next event of a restarting container
+# Unreclaimable memory only: reclaimable slab (dentries, inodes) swings like page cache.
+KERNEL_ANON = ("AnonPages", "KernelStack", "PageTables", "SUnreclaim")
 RSS_TARGET_KIB = 0.1 * 1024
 
 
@@ -109,6 +111,7 @@ class Row(NamedTuple):
     value: float | None
     unit: str
     detail: str = ""
+    samples: tuple[float, ...] = ()  # the values behind a median (JSON only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +198,8 @@ def kib_fields(text: str) -> dict[str, int]:
 
 
 def kernel_anon_kib(meminfo: dict[str, int]) -> int:
-    """Anonymous pages plus the kernel's own: slab, stacks, page tables."""
+    """Anonymous pages plus the kernel's own unreclaimable memory: slab, stacks, page
+    tables."""
     return sum(meminfo[field] for field in KERNEL_ANON)
 
 
@@ -551,8 +555,8 @@ def measure_start(bench: Bench) -> Section:
             if iteration >= sizes.warmup:
                 samples[name].append(elapsed)
     summaries = [summary_of(name, values) for name, values in samples.items()]
-    rows = tuple(Row(s.tool, "start to exit (median)", s.median_ms, "ms", summary_detail(s))
-                 for s in summaries)
+    rows = tuple(Row(s.tool, "start to exit (median)", s.median_ms, "ms", summary_detail(s),
+                     s.samples_ms) for s in summaries)
     if lost_waits:
         bench.notes.append(f"start: {len(lost_waits)} container.wait got 'not found' (the "
                            "auto-removed container was gone first); timed to that answer")
@@ -670,8 +674,9 @@ def measure_memory(bench: Bench) -> Section:
         "memory", f"memory per idle container, {count} containers of sleep 1000",
         f"readings {SETTLE_S:.0f} s after the last start, minus readings before the first, "
         "over the count. kernel+anon covers every process (the containers' own, conmon) and "
-        "the kernel's objects (namespaces, mounts, cgroups); other work on the host shows "
-        "up in it too. crun/runc keep no process per container",
+        "the kernel's unreclaimable objects (namespaces, mounts, cgroups), not reclaimable "
+        "slab (dentries, inodes), which swings like page cache; other work on the host "
+        "shows up in it too. crun/runc keep no process per container",
         tuple(rows), (comparison(rows, "myctr", "crun", "kernel+anon growth", "kernel+anon:"),
                       comparison(rows, "myctr", "podman", "kernel+anon growth", "kernel+anon:")),
         ((f"myctr supervisor RSS < {RSS_TARGET_KIB:.1f} KiB (0.1 MiB) per container",
@@ -771,7 +776,8 @@ def log_row(tool: str, label: str, size: int, runs: Sequence[LogRun]) -> Row:
     spread = f" ({seconds[0]:.2f}-{seconds[-1]:.2f})" if len(seconds) > 1 else ""
     log = runs[-1].log_bytes
     where = runs[-1].kind if log is None else f"{runs[-1].kind} {log / MIB:.1f} MiB"
-    return Row(tool, label, size / MIB / middle, "MiB/s", f"{middle:.2f} s{spread}; {where}")
+    return Row(tool, label, size / MIB / middle, "MiB/s", f"{middle:.2f} s{spread}; {where}",
+               tuple(size / MIB / s for s in seconds))
 
 
 def log_file_row(tool: str, label: str, size: int, run: LogRun) -> Row:
@@ -848,6 +854,7 @@ def measure_restart(bench: Bench) -> Section:
 def restart_myctr(bench: Bench, count: int) -> list[Row]:
     name = bench.name("restart")
     events = bench.sup.connect()
+    events.sock.settimeout(EVENT_TIMEOUT_S)
     seen: list[tuple[str, float, float]] = []  # type, event time, receipt time
     try:
         request = events.send("events.subscribe", {})
@@ -861,7 +868,7 @@ def restart_myctr(bench: Bench, count: int) -> list[Row]:
             if message.get("method") == "event" and params.get("name") == name:
                 seen.append((params["type"], params["time"], time.time()))
     except TimeoutError:
-        raise BenchError(f"myctr: no restart event for {TIMEOUT_S:.0f} s") from None
+        raise BenchError(f"myctr: no event for {EVENT_TIMEOUT_S:.0f} s") from None
     finally:
         events.close()
         remove_myctr(bench.sup.client, [name])
@@ -909,7 +916,8 @@ def gap_row(tool: str, metric: str, gaps: Sequence[float], how: str) -> Row:
     if not gaps:
         return Row(tool, metric, None, "ms", f"no pair seen ({how})")
     summary = summary_of(tool, gaps)
-    return Row(tool, metric, summary.median_ms, "ms", f"{how}; {summary_detail(summary)}")
+    return Row(tool, metric, summary.median_ms, "ms", f"{how}; {summary_detail(summary)}",
+               summary.samples_ms)
 
 
 # 6. a cold `ps`.
@@ -931,8 +939,8 @@ def measure_ps(bench: Bench) -> Section:
             if iteration >= sizes.warmup:
                 samples[name].append(elapsed)
     summaries = [summary_of(name, values) for name, values in samples.items()]
-    rows = tuple(Row(s.tool, "whole process (median)", s.median_ms, "ms", summary_detail(s))
-                 for s in summaries)
+    rows = tuple(Row(s.tool, "whole process (median)", s.median_ms, "ms", summary_detail(s),
+                     s.samples_ms) for s in summaries)
     return Section(
         "ps", f"cold listing, {sizes.runs} runs per tool ({sizes.warmup} warm-up)",
         "spawn to exit of `myctr --root R ps` (the supervisor runs, nothing is listed), "

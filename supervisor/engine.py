@@ -26,7 +26,7 @@ from runtime.paths import StatePaths
 from runtime.spec import ContainerSpec
 from supervisor import prepare as preparing
 from supervisor.events import EventLog
-from supervisor.logfile import LogWriter, parse_log_opts
+from supervisor.logfile import LogWriter, log_files, parse_log_opts
 from supervisor.restart import (
     RestartScheduled,
     StartFailed,
@@ -151,12 +151,27 @@ class Supervisor:
         return preparing.prepare(cdir, o.request, plan, o.interactive)
 
     def _forget(self, c: Container) -> None:
-        plan = preparing.id_map_plan(c.options.uid_mappings, c.options.gid_mappings)
-        ContainerDir(self.paths, c.id).remove(preparing.remover_for(plan))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(c.record.log_path)
+        """Drop a container whose overlay was never mounted (its dirs are ours)."""
+        ContainerDir(self.paths, c.id).remove()
+        self._drop_record(c)
+
+    def _drop_record(self, c: Container) -> None:
+        for path in log_files(c.record.log_path, max_file=parse_log_opts(c.options.log_opts)[1]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         self.store.delete(c.id)
         self.containers.pop(c.id, None)
+
+    async def _destroy(self, c: Container) -> None:
+        """Remove a container's directory, logs and record. Rootless, its overlay dirs
+        hold files of subordinate ids: the zygote removes them as root of a user
+        namespace with the container's maps (never a fork of this threaded process)."""
+        cdir = ContainerDir(self.paths, c.id)
+        plan = preparing.id_map_plan(c.options.uid_mappings, c.options.gid_mappings)
+        if plan is not None and os.geteuid() != 0:
+            await self.spawner.remove_trees([cdir.upper, cdir.work], plan)
+        await trio.to_thread.run_sync(cdir.remove)
+        self._drop_record(c)
 
     # --- start / run ----------------------------------------------------------------
 
@@ -377,7 +392,7 @@ class Supervisor:
 
     async def _remove_now(self, c: Container) -> None:
         self._set(c, status=Status.REMOVING.value)
-        await trio.to_thread.run_sync(self._forget, c)
+        await self._destroy(c)
         self.events.emit("remove", c.id, c.record.name)
 
     async def wait(self, c: Container) -> int:
@@ -419,7 +434,7 @@ class Supervisor:
         if record.pid:
             await _kill_orphan(record.pid, record.pid_start)
         if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and was_active):
-            await trio.to_thread.run_sync(self._forget, c)  # finish what the crash cut short
+            await self._destroy(c)  # finish what the crash cut short
             return
         if was_active:
             code = record.exit_code if record.exit_code is not None else 137

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import pwd
-from collections.abc import Callable
 from typing import NamedTuple
 
-from runtime import capabilities, containerdir, idmap, seccomp
+from runtime import capabilities, idmap, seccomp
 from runtime.containerdir import ContainerDir
 from runtime.defaults import RunRequest, build_spec
 from runtime.errors import HostError, SpecError
@@ -38,18 +37,6 @@ def id_map_plan(uid_mappings: tuple[IdMapping, ...] = (),
     if uid_mappings or gid_mappings:
         return IdMapPlan(uid_mappings or gid_mappings, gid_mappings or uid_mappings)
     return None
-
-
-def remover_for(plan: IdMapPlan | None) -> Callable[[str], None] | None:
-    """Rootless, the upper dir holds files of subordinate ids: remove it as root of a
-    user namespace with the container's maps."""
-    if plan is None or os.geteuid() == 0:
-        return None
-
-    def remove(path: str) -> None:
-        idmap.run_in_user_namespace(plan, lambda: containerdir.rmtree(path), f"remove {path}")
-
-    return remove
 
 
 def host_id(mappings: tuple[IdMapping, ...]) -> int:

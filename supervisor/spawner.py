@@ -11,6 +11,7 @@ import errno as errno_codes
 import json
 import os
 import socket
+from typing import Any
 
 import trio
 
@@ -44,6 +45,18 @@ class Spawner:
         pidfd are the joiner's, which exits with the process's status."""
         return await self._ask(zygote.encode_request(spec, config, None, op="exec"),
                                (*stdio, init_pidfd))
+
+    async def remove_trees(self, paths: list[str], plan: IdMapPlan) -> None:
+        """Remove directories as root of a user namespace with ``plan`` (rootless)."""
+        payload = json.dumps({"op": "rmtree", "paths": paths,
+                              "plan": zygote.encode_plan(plan)}).encode()
+        async with self._lock:
+            await self._sock.send(payload)
+            data = await self._sock.recv(zygote.MAX_PACKET)
+        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": {
+            "type": "HostError", "errno": 0, "message": "the zygote exited"}}
+        if not reply["ok"]:
+            raise zygote.decode_error(reply["error"])
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:

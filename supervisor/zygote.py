@@ -21,6 +21,7 @@ The zygote answers one request at a time; it exits when the supervisor's end clo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -28,10 +29,11 @@ import socket
 from typing import Any, NamedTuple
 
 from runtime import libc
+from runtime.containerdir import rmtree
 from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
 from runtime.execute import create_exec
-from runtime.idmap import IdMapPlan
+from runtime.idmap import IdMapPlan, run_in_user_namespace
 from runtime.init import InitConfig
 from runtime.spec import ContainerSpec, IdMapping
 
@@ -86,6 +88,8 @@ def serve(sock: socket.socket) -> None:
 
 def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
     """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd)."""
+    if request.get("op") == "rmtree":
+        return remove_trees(request["paths"], decode_plan(request["plan"])), []
     spec = ContainerSpec.from_oci(request["spec"])
     config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
@@ -108,6 +112,20 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     return {"ok": True, "pid": process.pid, "pty": process.pty_master is not None}, reply_fds
 
 
+def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
+    assert plan is not None
+    try:
+        for path in paths:
+            if os.path.exists(path):
+                run_in_user_namespace(plan, functools.partial(rmtree, path), f"remove {path}")
+    except ContainerError as exc:
+        return {"ok": False, "error": encode_error(exc)}
+    except OSError as exc:
+        return {"ok": False, "error": {"type": "HostError", "errno": exc.errno or 0,
+                                       "message": exc.strerror or str(exc)}}
+    return {"ok": True}
+
+
 # --- encoding shared by both ends ------------------------------------------------------
 
 
@@ -121,12 +139,16 @@ def encode_request(spec: ContainerSpec, config: InitConfig,
             "merged": config.merged, "stdin_devnull": config.stdin_devnull,
             "seccomp_bpf": config.seccomp_bpf.hex() if config.seccomp_bpf else None,
         },
-        "plan": None if plan is None else {
-            "uid": [list(m) for m in plan.uid_mappings],
-            "gid": [list(m) for m in plan.gid_mappings],
-        },
+        "plan": encode_plan(plan),
     }
     return json.dumps(doc).encode()
+
+
+def encode_plan(plan: IdMapPlan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return {"uid": [list(m) for m in plan.uid_mappings],
+            "gid": [list(m) for m in plan.gid_mappings]}
 
 
 def decode_config(doc: dict[str, Any]) -> InitConfig:
