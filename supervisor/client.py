@@ -4,7 +4,6 @@ background supervisor when none answers."""
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
@@ -16,9 +15,9 @@ from typing import Any
 
 from runtime.errors import ContainerError, HostError
 from runtime.paths import StatePaths
+from supervisor import fdpass
 
 AUTOSTART_IDLE_EXIT = 30.0
-MAX_FDS = 8
 
 
 class Client:
@@ -33,9 +32,7 @@ class Client:
         self.next_id += 1
         line = json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method,
                            "params": params}, separators=(",", ":")).encode() + b"\n"
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                      array.array("i", fds).tobytes())] if fds else []
-        sent = self.sock.sendmsg([line], ancillary)
+        sent = self.sock.sendmsg([line], fdpass.rights(fds or []))
         if sent < len(line):
             self.sock.sendall(line[sent:])
         return self.next_id
@@ -43,13 +40,8 @@ class Client:
     def receive(self) -> dict[str, Any]:
         """The next message from the supervisor (a response or a notification)."""
         while b"\n" not in self.buffer:
-            data, ancdata, _flags, _addr = self.sock.recvmsg(
-                65536, socket.CMSG_SPACE(4 * MAX_FDS))
-            for level, kind, raw in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(raw[: len(raw) - len(raw) % arr.itemsize])
-                    self.fds.extend(arr)
+            data, ancdata, _flags, _addr = self.sock.recvmsg(65536, fdpass.ANCILLARY_SPACE)
+            self.fds.extend(fdpass.received(ancdata))
             if not data:
                 raise HostError("the supervisor closed the connection")
             self.buffer += data

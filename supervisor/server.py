@@ -9,7 +9,6 @@ own uid (or root): checked with SO_PEERCRED.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import os
 import signal
@@ -24,7 +23,7 @@ import trio
 from runtime import capabilities
 from runtime.errors import SpecError
 from runtime.log import get_logger
-from supervisor import protocol
+from supervisor import fdpass, protocol
 from supervisor.engine import Attach, Supervisor
 from supervisor.events import EventLog
 from supervisor.logfile import follow_lines, parse_log_opts, parse_since, read_lines
@@ -32,7 +31,6 @@ from supervisor.states import Status, is_active
 
 log = get_logger("myctr.control")
 VERSION = "0.1.0"
-MAX_FDS = 8
 
 
 def socket_path(run_dir: str) -> str:
@@ -55,9 +53,8 @@ class Connection:
     async def send(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
         async with self.lock:
             view = memoryview(data)
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
             while view:
-                sent = await self.sock.sendmsg([view], ancillary if fds else [])
+                sent = await self.sock.sendmsg([view], fdpass.rights(fds))
                 fds, view = (), view[sent:]
 
 
@@ -111,8 +108,8 @@ class ControlServer:
                 conn.requests = requests.cancel_scope
                 while True:
                     data, ancdata, _flags, _addr = await sock.recvmsg(
-                        65536, socket.CMSG_SPACE(4 * MAX_FDS))
-                    pending_fds += _fds(ancdata)
+                        65536, fdpass.ANCILLARY_SPACE)
+                    pending_fds += fdpass.received(ancdata)
                     if not data:
                         break
                     try:
@@ -377,16 +374,6 @@ def _time_param(params: dict[str, Any], key: str) -> int | None:
         return parse_since(str(value), time.time_ns())
     except ValueError as exc:
         raise SpecError(f"invalid --{key} {value!r}: {exc}") from None
-
-
-def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
-            fds.extend(arr)
-    return fds
 
 
 def _peer_allowed(sock: trio.socket.SocketType) -> bool:

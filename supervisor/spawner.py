@@ -22,7 +22,7 @@ from runtime.errors import SetupFailed as SetupFailedError
 from runtime.idmap import IdMapPlan
 from runtime.init import InitConfig
 from runtime.spec import ContainerSpec
-from supervisor import zygote
+from supervisor import fdpass, zygote
 from supervisor.zygote import CreatedInit
 
 
@@ -60,13 +60,13 @@ class Spawner:
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
-            await self._sock.sendmsg([payload], [_rights(fds)])
+            await self._sock.sendmsg([payload], fdpass.rights(fds))
             data, ancdata, _flags, _addr = await self._sock.recvmsg(
-                zygote.MAX_PACKET, socket.CMSG_SPACE(4 * 8))
+                zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
         if not data:
             raise HostError("the zygote exited")
         reply = json.loads(data)
-        received = _fds(ancdata)
+        received = fdpass.received(ancdata)
         if not reply["ok"]:
             _reap(reply.get("pid"))
             raise zygote.decode_error(reply["error"])
@@ -91,24 +91,6 @@ class Spawner:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def _rights(fds: tuple[int, ...]) -> tuple[int, int, bytes]:
-    import array
-
-    return socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes()
-
-
-def _fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    import array
-
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
-            fds.extend(arr)
-    return fds
 
 
 def _reap(pid: int | None) -> None:
