@@ -41,6 +41,7 @@ from supervisor.zygote import CreatedInit, close_quietly
 
 log = get_logger("myctr.supervisor")
 STOP_SIGNAL = signal.SIGTERM
+TOMBSTONES = 1024
 
 
 class Launched(NamedTuple):
@@ -72,6 +73,7 @@ class Container:
         self.scope: trio.CancelScope | None = None
         self.pidfd = -1
         self.scheduled: RestartScheduled | None = None
+        self.prepared: preparing.Prepared | None = None  # the same for every run
         self.exited = trio.Event()
         self.finished = trio.Event()  # the task tree ended (no restart due)
 
@@ -95,6 +97,9 @@ class Supervisor:
         self.containers: dict[str, Container] = {}
         self.devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         self.known_children: set[int] = {spawner.zygote_pid}
+        # Exit codes of removed --rm containers, so a wait that arrives after the
+        # removal still gets the status (bounded: the newest TOMBSTONES).
+        self.tombstones: dict[str, int] = {}
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -135,7 +140,7 @@ class Supervisor:
         c = Container(record, options)
         self.containers[cid] = c
         try:
-            prepared = self._prepare(c)
+            prepared = c.prepared = self._prepare(c)
         except BaseException:
             self._forget(c)
             raise
@@ -156,6 +161,10 @@ class Supervisor:
         self._drop_record(c)
 
     def _drop_record(self, c: Container) -> None:
+        if c.record.exit_code is not None:
+            self.tombstones[c.id] = c.record.exit_code
+            while len(self.tombstones) > TOMBSTONES:
+                del self.tombstones[next(iter(self.tombstones))]
         for path in log_files(c.record.log_path, max_file=parse_log_opts(c.options.log_opts)[1]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -234,7 +243,9 @@ class Supervisor:
                    exit_code=scheduled.exit_code)
 
     async def _launch(self, c: Container, attach: Attach | None) -> Launched:
-        prepared = self._prepare_again(c)
+        if c.prepared is None:  # loaded after a supervisor restart
+            c.prepared = await trio.to_thread.run_sync(self._prepare, c)
+        prepared = c.prepared
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
@@ -260,14 +271,6 @@ class Supervisor:
         c.exited = trio.Event()
         self._emit(c, "start", pid=init.pid)
         return Launched(init, out_r, err_r)
-
-    def _prepare_again(self, c: Container) -> preparing.Prepared:
-        cdir = ContainerDir(self.paths, c.id)
-        if not os.path.exists(cdir.path):
-            preparing.make_dirs(cdir, preparing.id_map_plan(c.options.uid_mappings,
-                                                            c.options.gid_mappings))
-        return preparing.prepare(cdir, c.options.request, preparing.id_map_plan(
-            c.options.uid_mappings, c.options.gid_mappings), c.options.interactive)
 
     async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
         """Pump logs until the pipes drain and the init exits; return its status."""

@@ -231,7 +231,10 @@ class ControlServer:
                 "params": r.params}
 
     async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
-        c = self.sup.get(_ref(params))
+        ref = _ref(params)
+        if ref in self.sup.tombstones:  # an --rm container already removed
+            return {"exit_code": self.sup.tombstones[ref]}
+        c = self.sup.get(ref)
         if params.get("next_exit") and c.status == Status.RUNNING:
             await c.exited.wait()
             return {"exit_code": c.record.exit_code}

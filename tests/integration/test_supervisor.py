@@ -69,6 +69,12 @@ class TestDetachedContainers:
         assert myctr("wait", "trap").stdout.strip() == "9"
         myctr("rm", "trap")
 
+    def test_wait_after_auto_removal(self, myctr: Myctr) -> None:
+        """wait on an --rm container that exited and is gone still gives its status."""
+        cid = _detached(myctr, "--rm", "/bin/sh", "-c", "exit 3")
+        _until(lambda: myctr("ps", "-a", "-q").stdout == "")
+        assert myctr("wait", cid).stdout.strip() == "3"
+
     def test_id_prefix_and_unknown(self, myctr: Myctr) -> None:
         """Containers are found by id prefix; an unknown one is a one-line 125."""
         cid = _detached(myctr, "/bin/true")
