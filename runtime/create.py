@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import libc
 from .channel import (
@@ -112,17 +112,26 @@ def create(
     on failure such an init is killed and its pid put on the exception as ``init_pid``
     for the parent to reap.
     """
-    parent_end, child_end = Channel.pair()
     flags = clone_flags(spec) | (libc.CLONE_PARENT if clone_parent else 0)
+    return spawn(flags, stdio, lambda channel: run_init(spec, paths, channel),
+                 plan if spec.uses_user_namespace else None, ours=not clone_parent)
+
+
+def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Channel], None],
+          plan: IdMapPlan | None, ours: bool) -> InitProcess:
+    """Clone with ``flags``; the child runs ``child`` (never returning); the parent
+    writes the maps of ``plan`` and waits for Ready. On failure the child is killed
+    and its pid put on the exception as ``init_pid``."""
+    parent_end, child_end = Channel.pair()
     with stdio_for_child(stdio):
         pid, pidfd = libc.clone3(flags)
         if pid == 0:
             parent_end.close()
-            run_init(spec, paths, child_end)  # never returns
+            child(child_end)  # never returns
     child_end.close()
-    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=not clone_parent)
+    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=ours)
     try:
-        handshake(process, plan if spec.uses_user_namespace else None)
+        handshake(process, plan)
     except BaseException as exc:
         process.channel.close()
         process.kill_and_reap()

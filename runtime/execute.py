@@ -16,7 +16,7 @@ import signal
 
 from . import libc
 from .channel import Channel
-from .create import InitProcess, handshake, stdio_for_child
+from .create import InitProcess, spawn
 from .init import InitConfig, become_process, run_guarded
 from .spec import ContainerSpec
 
@@ -37,22 +37,10 @@ def join_flags(spec: ContainerSpec) -> int:
 def create_exec(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
                 stdio: tuple[int, int, int]) -> InitProcess:
     """Clone the joiner; return once the process stands before exec."""
-    parent_end, child_end = Channel.pair()
-    with stdio_for_child(stdio):
-        pid, pidfd = libc.clone3(libc.CLONE_PARENT)
-        if pid == 0:
-            parent_end.close()
-            run_guarded(child_end, lambda: _join(spec, config, container_pidfd, child_end))
-    child_end.close()
-    process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=False)
-    try:
-        handshake(process, None)
-    except BaseException as exc:
-        process.channel.close()
-        process.kill_and_reap()
-        exc.init_pid = pid  # type: ignore[attr-defined]
-        raise
-    return process
+    return spawn(libc.CLONE_PARENT, stdio,
+                 lambda channel: run_guarded(
+                     channel, lambda: _join(spec, config, container_pidfd, channel)),
+                 None, ours=False)
 
 
 def _join(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
