@@ -6,7 +6,7 @@ Each message is one packet holding a JSON object ``{"type": NAME, ...fields}``; 
 The sequence::
 
     parent                                   init (in its new namespaces)
-      ── MappingWritten ──────────────▶      (only with a user namespace)
+      ── Placed ──────────────────────▶      (cgroups joined, id maps written)
                                              mounts, pivot_root, hostname, ...
       ◀────────────── PtyMaster(fd) ──       (only with a terminal)
       ◀──────────────────── Ready ───
@@ -22,8 +22,9 @@ import socket
 from typing import Any, NamedTuple
 
 
-class MappingWritten(NamedTuple):
-    """The parent wrote the id maps: the init may become root in its namespace."""
+class Placed(NamedTuple):
+    """The parent moved the child into its cgroups and wrote its id maps: the child
+    may unshare its cgroup namespace and become root in its user namespace."""
 
 
 class Ready(NamedTuple):
@@ -48,10 +49,10 @@ class PtyMaster(NamedTuple):
     fd: int = -1
 
 
-Message = MappingWritten | Ready | Start | SetupFailed | ExecFailed | PtyMaster
+Message = Placed | Ready | Start | SetupFailed | ExecFailed | PtyMaster
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (MappingWritten, Ready, Start, SetupFailed, ExecFailed, PtyMaster)
+    for cls in (Placed, Ready, Start, SetupFailed, ExecFailed, PtyMaster)
 }
 _MAX_PACKET = 65536
 

@@ -18,13 +18,14 @@ from .channel import (
     Channel,
     ChannelClosed,
     ExecFailed,
-    MappingWritten,
+    Placed,
     PtyMaster,
     Ready,
     SetupFailed,
     Start,
 )
 from .errors import ExecFailed as ExecFailedError
+from .errors import HostError
 from .errors import SetupFailed as SetupFailedError
 from .idmap import IdMapPlan, write_maps
 from .init import InitConfig, run_init
@@ -104,24 +105,31 @@ def create(
     plan: IdMapPlan | None,
     stdio: tuple[int, int, int] | None = None,
     clone_parent: bool = False,
+    cgroup_procs: tuple[str, ...] = (),
 ) -> InitProcess:
     """Clone the init into its namespaces and run it up to the point before exec.
 
     ``stdio`` are the init's fds 0, 1, 2 (default: ours). ``clone_parent`` makes the
     init a child of our parent (the zygote creates inits for the supervisor this way);
     on failure such an init is killed and its pid put on the exception as ``init_pid``
-    for the parent to reap.
+    for the parent to reap. ``cgroup_procs`` are the ``cgroup.procs`` files of the
+    container's cgroups: the init joins them before it does anything else.
     """
     flags = clone_flags(spec) | (libc.CLONE_PARENT if clone_parent else 0)
+    if flags & libc.CLONE_NEWCGROUP:  # unshared by the init once it is in its cgroup
+        flags &= ~libc.CLONE_NEWCGROUP
+        paths = paths._replace(unshare_cgroupns=True)
     return spawn(flags, stdio, lambda channel: run_init(spec, paths, channel),
-                 plan if spec.uses_user_namespace else None, ours=not clone_parent)
+                 plan if spec.uses_user_namespace else None, ours=not clone_parent,
+                 cgroup_procs=cgroup_procs)
 
 
 def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Channel], None],
-          plan: IdMapPlan | None, ours: bool) -> InitProcess:
-    """Clone with ``flags``; the child runs ``child`` (never returning); the parent
-    writes the maps of ``plan`` and waits for Ready. On failure the child is killed
-    and its pid put on the exception as ``init_pid``."""
+          plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = ()) -> InitProcess:
+    """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
+    for Placed); the parent moves it into ``cgroup_procs``, writes the maps of ``plan``,
+    sends Placed and waits for Ready. On failure the child is killed and its pid put
+    on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
     with stdio_for_child(stdio):
         pid, pidfd = libc.clone3(flags)
@@ -131,6 +139,7 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
     child_end.close()
     process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=ours)
     try:
+        join_cgroups(pid, cgroup_procs)
         handshake(process, plan)
     except BaseException as exc:
         process.channel.close()
@@ -157,11 +166,24 @@ def stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
             os.close(source)
 
 
+def join_cgroups(pid: int, procs_files: tuple[str, ...]) -> None:
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise HostError(f"cannot move the container into its cgroup "
+                            f"({os.path.dirname(path)}): {exc.strerror}") from None
+
+
 def handshake(process: InitProcess, plan: IdMapPlan | None) -> None:
-    """Write the id maps (when ``plan``), then wait for the child's Ready."""
+    """Write the id maps (when ``plan``), send Placed, wait for the child's Ready."""
     if plan is not None:
         write_maps(process.pid, plan)
-        process.channel.send(MappingWritten())
+    process.channel.send(Placed())
     while True:
         try:
             message = process.channel.receive()

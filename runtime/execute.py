@@ -15,7 +15,7 @@ import os
 import signal
 
 from . import libc
-from .channel import Channel
+from .channel import Channel, Placed
 from .create import InitProcess, spawn
 from .init import InitConfig, become_process, run_guarded
 from .spec import ContainerSpec
@@ -35,16 +35,18 @@ def join_flags(spec: ContainerSpec) -> int:
 
 
 def create_exec(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
-                stdio: tuple[int, int, int]) -> InitProcess:
-    """Clone the joiner; return once the process stands before exec."""
+                stdio: tuple[int, int, int], cgroup_procs: tuple[str, ...] = ()) -> InitProcess:
+    """Clone the joiner (into the container's cgroups); return once the process stands
+    before exec."""
     return spawn(libc.CLONE_PARENT, stdio,
                  lambda channel: run_guarded(
                      channel, lambda: _join(spec, config, container_pidfd, channel)),
-                 None, ours=False)
+                 None, ours=False, cgroup_procs=cgroup_procs)
 
 
 def _join(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
           channel: Channel) -> None:
+    channel.expect(Placed)  # in the container's cgroups before anything forks
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if config.stdin_devnull:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from . import capabilities, libc, rootfs
-from .channel import Channel, ExecFailed, MappingWritten, PtyMaster, Ready, SetupFailed, Start
+from .channel import Channel, ExecFailed, Placed, PtyMaster, Ready, SetupFailed, Start
 from .errors import SpecError
 from .seccomp import install_bpf
 from .spec import ContainerSpec
@@ -44,6 +44,9 @@ class InitConfig(NamedTuple):
     merged: str
     stdin_devnull: bool = False
     seccomp_bpf: bytes | None = None
+    # Set by create(): the cgroup namespace is unshared once the parent has moved the
+    # init into the container's cgroup, so that cgroup becomes the namespace's root.
+    unshare_cgroupns: bool = False
 
 
 def run_init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
@@ -89,10 +92,12 @@ def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
+    channel.expect(Placed)
     if spec.uses_user_namespace:
-        channel.expect(MappingWritten)
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+    if paths.unshare_cgroupns:  # now that the parent moved us into our cgroup
+        libc.unshare(libc.CLONE_NEWCGROUP)
     _build_root(spec, paths)
     become_process(spec, paths, channel)
 

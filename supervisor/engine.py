@@ -260,9 +260,14 @@ class Supervisor:
         c.pidfd = init.pidfd
         try:
             await self.spawner.start(init)
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, ContainerError):  # cancelled before its exec: end it
+                with contextlib.suppress(ProcessLookupError):
+                    libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
+            c.pidfd = -1
             close_quietly(out_r, err_r, init.pidfd, init.pty_master)
-            await self._reap(init.pid)
+            with trio.CancelScope(shield=True):
+                await self._reap(init.pid)
             raise
         self.known_children.add(init.pid)
         self._set(c, status=Status.RUNNING.value, pid=init.pid,

@@ -34,25 +34,30 @@ class Spawner:
         self.zygote_pid = zygote_pid
 
     async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
-                     stdio: tuple[int, int, int]) -> CreatedInit:
-        """An init in its namespaces, before exec. Raises the init's error (and reaps a
-        half-made init) when setup fails."""
-        return await self._ask(zygote.encode_request(spec, config, plan), stdio)
+                     stdio: tuple[int, int, int],
+                     cgroup_procs: tuple[str, ...] = ()) -> CreatedInit:
+        """An init in its namespaces (and cgroups), before exec. Raises the init's error
+        (and reaps a half-made init) when setup fails."""
+        return await self._ask(
+            zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs), stdio)
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
-                          stdio: tuple[int, int, int], init_pidfd: int) -> CreatedInit:
+                          stdio: tuple[int, int, int], init_pidfd: int,
+                          cgroup_procs: tuple[str, ...] = ()) -> CreatedInit:
         """A process joined to the container of ``init_pidfd``, before exec; its pid and
         pidfd are the joiner's, which exits with the process's status."""
-        return await self._ask(zygote.encode_request(spec, config, None, op="exec"),
-                               (*stdio, init_pidfd))
+        return await self._ask(
+            zygote.encode_request(spec, config, None, op="exec", cgroup_procs=cgroup_procs),
+            (*stdio, init_pidfd))
 
     async def remove_trees(self, paths: list[str], plan: IdMapPlan) -> None:
         """Remove directories as root of a user namespace with ``plan`` (rootless)."""
         payload = json.dumps({"op": "rmtree", "paths": paths,
                               "plan": zygote.encode_plan(plan)}).encode()
         async with self._lock:
-            await self._sock.send(payload)
-            data = await self._sock.recv(zygote.MAX_PACKET)
+            with trio.CancelScope(shield=True):  # see _ask
+                await self._sock.send(payload)
+                data = await self._sock.recv(zygote.MAX_PACKET)
         reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": {
             "type": "HostError", "errno": 0, "message": "the zygote exited"}}
         if not reply["ok"]:
@@ -60,9 +65,13 @@ class Spawner:
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
-            await self._sock.sendmsg([payload], fdpass.rights(fds))
-            data, ancdata, _flags, _addr = await self._sock.recvmsg(
-                zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
+            # One request, one reply: a cancellation between the two would leave this
+            # reply queued for the next request (a stop landing mid-restart did that).
+            # The zygote answers within milliseconds, so the exchange is shielded.
+            with trio.CancelScope(shield=True):
+                await self._sock.sendmsg([payload], fdpass.rights(fds))
+                data, ancdata, _flags, _addr = await self._sock.recvmsg(
+                    zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
         if not data:
             raise HostError("the zygote exited")
         reply = json.loads(data)

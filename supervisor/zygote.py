@@ -11,6 +11,8 @@ Wire format (SOCK_SEQPACKET, one packet per message, fds by SCM_RIGHTS)::
     supervisor -> zygote   {"op": "create", "spec": <OCI doc>, "config": {...},
                             "plan": {...} | null} + fds [stdin, stdout, stderr]
                            {"op": "exec", ...} + fds [stdin, stdout, stderr, init pidfd]
+                           (both may carry "cgroup_procs": the container's
+                            cgroup.procs files, which the child joins first)
     zygote -> supervisor   {"ok": true, "pid": N, "pty": bool} + fds [pidfd, channel(, pty)]
                            {"ok": false, "error": {...}, "pid": N | null}
 
@@ -93,12 +95,14 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     spec = ContainerSpec.from_oci(request["spec"])
     config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
+    cgroup_procs = tuple(request.get("cgroup_procs") or ())
     try:
         if request.get("op") == "exec":
-            process = create_exec(spec, config, fds[3], stdio)
+            process = create_exec(spec, config, fds[3], stdio, cgroup_procs)
         else:
             plan = decode_plan(request["plan"])
-            process = create(spec, config, plan, stdio=stdio, clone_parent=True)
+            process = create(spec, config, plan, stdio=stdio, clone_parent=True,
+                             cgroup_procs=cgroup_procs)
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc),
                 "pid": getattr(exc, "init_pid", None)}, []
@@ -129,10 +133,11 @@ def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
 # --- encoding shared by both ends ------------------------------------------------------
 
 
-def encode_request(spec: ContainerSpec, config: InitConfig,
-                   plan: IdMapPlan | None, op: str = "create") -> bytes:
+def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
+                   op: str = "create", cgroup_procs: tuple[str, ...] = ()) -> bytes:
     doc = {
         "op": op,
+        "cgroup_procs": list(cgroup_procs),
         "spec": spec.to_oci(),
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,

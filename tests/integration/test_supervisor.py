@@ -67,7 +67,7 @@ class TestDetachedContainers:
                   "trap 'exit 9' TERM; while true; do sleep 0.1; done")
         assert myctr("kill", "-s", "TERM", "trap").returncode == 0
         assert myctr("wait", "trap").stdout.strip() == "9"
-        myctr("rm", "trap")
+        assert myctr("rm", "trap").returncode == 0
 
     def test_wait_after_auto_removal(self, myctr: Myctr) -> None:
         """wait on an --rm container that exited and is gone still gives its status."""
@@ -82,7 +82,7 @@ class TestDetachedContainers:
         missing = myctr("inspect", "nope")
         assert missing.returncode == 125
         assert missing.stderr.strip() == "myctr: no such container: nope"
-        myctr("rm", cid[:8])
+        assert myctr("rm", cid[:8]).returncode == 0
 
 
 class TestRestartPolicies:
@@ -97,7 +97,7 @@ class TestRestartPolicies:
         count = _inspect(myctr, "crash")["restart_count"]
         info = _inspect(myctr, "crash")
         assert info["status"] == "exited" and info["restart_count"] == count
-        myctr("rm", "crash")
+        assert myctr("rm", "crash").returncode == 0
 
     def test_on_failure_stops_after_n(self, myctr: Myctr) -> None:
         """on-failure:3 restarts a failing container exactly three times."""
@@ -106,14 +106,14 @@ class TestRestartPolicies:
         assert myctr("wait", "flaky").stdout.strip() == "4"
         info = _inspect(myctr, "flaky")
         assert (info["status"], info["restart_count"], info["exit_code"]) == ("exited", 3, 4)
-        myctr("rm", "flaky")
+        assert myctr("rm", "flaky").returncode == 0
 
     def test_on_failure_ignores_success(self, myctr: Myctr) -> None:
         """on-failure does not restart a container that exits 0."""
         _detached(myctr, "--name", "ok", "--restart", "on-failure", "/bin/true")
         assert myctr("wait", "ok").stdout.strip() == "0"
         assert _inspect(myctr, "ok")["restart_count"] == 0
-        myctr("rm", "ok")
+        assert myctr("rm", "ok").returncode == 0
 
     def test_bad_policy(self, myctr: Myctr) -> None:
         """An unknown restart policy exits 125 naming it, and creates nothing."""
@@ -160,7 +160,7 @@ class TestLogs:
         assert 20 <= len(files) <= 30
         assert all(os.path.getsize(os.path.join(os.path.dirname(log_path), f))
                    <= 10 * 1024 * 1024 + 1024 * 1024 for f in files)
-        myctr("rm", cid)
+        assert myctr("rm", cid).returncode == 0
 
     def test_tail_and_follow(self, myctr: Myctr) -> None:
         """logs --tail 2 keeps the last lines; logs -f streams until the container exits."""
@@ -168,7 +168,7 @@ class TestLogs:
         followed = myctr("logs", "-f", cid)
         assert followed.stdout == "1\n2\n3\n4\n"
         assert myctr("logs", "--tail", "2", cid).stdout == "3\n4\n"
-        myctr("rm", cid)
+        assert myctr("rm", cid).returncode == 0
 
 
 class TestEventsAndSocket:
@@ -184,7 +184,7 @@ class TestEventsAndSocket:
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
         later = _read_events(myctr.state_root, since=seqs[1], until_type="die")
         assert later[0]["seq"] == seqs[2]
-        myctr("rm", cid)
+        assert myctr("rm", cid).returncode == 0
 
     def test_bad_input_and_many_clients(self, myctr: Myctr) -> None:
         """Malformed JSON, unknown methods, bad params, an over-long line and 50 clients at
@@ -280,7 +280,7 @@ class TestExec:
         myctr("wait", "done")
         result = myctr("exec", "done", "/bin/true")
         assert result.returncode == 125 and "not running" in result.stderr
-        myctr("rm", "done")
+        assert myctr("rm", "done").returncode == 0
 
 
 class TestSupervisorLife:
