@@ -200,3 +200,17 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
 
 def _encode(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
+
+
+IN_MODIFY = 0x00000002
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
+    return _check(_libc.inotify_init1(ctypes.c_int(flags)), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int = IN_MODIFY) -> int:
+    result = _libc.inotify_add_watch(ctypes.c_int(fd), _encode(path), ctypes.c_uint32(mask))
+    return _check(result, f"inotify_add_watch {path}")

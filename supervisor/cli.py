@@ -46,6 +46,32 @@ def _client(paths: Any) -> Any:
     return connect(paths)
 
 
+# Resource flags as docker spells them; values go to the supervisor as typed.
+RESOURCE_FLAGS = (
+    ("memory", ("-m", "--memory"), "Memory limit (e.g. 64m, 1g)."),
+    ("memory_swap", ("--memory-swap",), "Memory plus swap limit; -1: unlimited swap."),
+    ("memory_reservation", ("--memory-reservation",), "Memory soft limit."),
+    ("cpus", ("--cpus",), "Number of CPUs (e.g. 0.5, 1.5)."),
+    ("cpu_period", ("--cpu-period",), "CPU CFS period in µs."),
+    ("cpu_quota", ("--cpu-quota",), "CPU CFS quota in µs."),
+    ("cpu_shares", ("-c", "--cpu-shares"), "CPU shares (relative weight)."),
+    ("cpuset_cpus", ("--cpuset-cpus",), "CPUs to run on (e.g. 0-1,3)."),
+    ("cpuset_mems", ("--cpuset-mems",), "Memory nodes to use."),
+    ("pids_limit", ("--pids-limit",), "Process limit; -1: unlimited."),
+    ("blkio_weight", ("--blkio-weight",), "Block IO weight, 10-1000."),
+)
+
+
+def _resource_options(f: Any) -> Any:
+    for key, flags, text in reversed(RESOURCE_FLAGS):
+        f = click.option(*flags, key, help=text)(f)
+    return f
+
+
+def _resources(opts: dict[str, Any]) -> dict[str, str]:
+    return {key: opts.pop(key) for key, _, _ in RESOURCE_FLAGS if opts.get(key) is not None}
+
+
 def _run_options(f: Any) -> Any:
     """The flags shared by ``run`` and ``create``."""
     options = [
@@ -87,7 +113,7 @@ def _run_options(f: Any) -> Any:
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return _resource_options(f)
 
 
 def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +132,9 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
         "restart": opts["restart"], "restart_delay": opts["restart_delay"],
         "restart_max_delay": opts["restart_max_delay"],
     }
+    resources = _resources(opts)
+    if resources:
+        params["resources"] = resources
     for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
                       ("init_path", "init_path")):
         if opts[flag] is not None:
@@ -196,6 +225,95 @@ async def kill(paths: Any, sig: str, containers: tuple[str, ...]) -> int:
 async def rm(paths: Any, force: bool, containers: tuple[str, ...]) -> int:
     """Remove containers."""
     return _each(paths, "container.remove", containers, force=force)
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def pause(paths: Any, containers: tuple[str, ...]) -> int:
+    """Freeze every process of containers."""
+    return _each(paths, "container.pause", containers)
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def unpause(paths: Any, containers: tuple[str, ...]) -> int:
+    """Thaw paused containers."""
+    return _each(paths, "container.unpause", containers)
+
+
+@cli.command()
+@_resource_options
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+async def update(paths: Any, containers: tuple[str, ...], **opts: Any) -> int:
+    """Change the resource limits of containers (live, and for later runs)."""
+    resources = _resources(opts)
+    if not resources:
+        raise click.UsageError("update: give at least one limit (--memory, --cpus, ...)")
+    return _each(paths, "container.update", containers, resources=resources)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "--"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.4g}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1024
+    return f"{n}B"
+
+
+@cli.command()
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-i", "--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between samples (and the CPU % window).")
+@click.argument("containers", nargs=-1)
+@click.pass_obj
+async def stats(paths: Any, no_stream: bool, fmt: str, interval: float,
+                containers: tuple[str, ...]) -> int:
+    """Show containers' resource usage (all running ones by default)."""
+    client = _client(paths)
+    refs = list(containers) or [r["id"] for r in client.call("container.list", {})]
+    while True:
+        rows = [client.call("container.stats", {"id": ref, "interval": min(interval, 1.0)})
+                for ref in refs]
+        if fmt == "json":
+            click.echo(json.dumps(rows, indent=2 if no_stream else None))
+        else:
+            click.echo(f"{'CONTAINER ID':<14}{'NAME':<20}{'CPU %':>8}  "
+                       f"{'MEM USAGE / LIMIT':<22}{'MEM %':>7}  {'BLOCK I/O':<20}{'PIDS':>6}")
+            for r in rows:
+                limit = r["memory_limit"] or 0
+                mem_pct = 100.0 * r["memory_usage"] / limit if limit else 0.0
+                click.echo(
+                    f"{r['id'][:12]:<14}{r['name'][:19]:<20}{r['cpu_percent']:>7.2f}%  "
+                    f"{_size(r['memory_usage']) + ' / ' + _size(limit):<22}{mem_pct:>6.2f}%  "
+                    f"{_size(r['block_read']) + ' / ' + _size(r['block_write']):<20}"
+                    f"{r['pids']:>6}")
+        if no_stream:
+            return 0
+        sys.stdout.flush()
+        if interval > 1.0:
+            import time
+
+            time.sleep(interval - 1.0)
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_obj
+async def top(paths: Any, container: str) -> int:
+    """Show the processes of a container."""
+    procs = _client(paths).call("container.top", {"id": container})["processes"]
+    click.echo(f"{'PID':>8} {'PPID':>8} {'USER':<12}{'TIME':>9}  COMMAND")
+    for p in procs:
+        click.echo(f"{p['pid']:>8} {p['ppid']:>8} {p['user'][:11]:<12}{p['time']:>9}  "
+                   f"{p['command']}")
+    return 0
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from runtime.log import get_logger
 from runtime.paths import StatePaths
 from runtime.spec import ContainerSpec
 from supervisor import prepare as preparing
+from supervisor.cgroups import CgroupManager, watch
 from supervisor.events import EventLog
 from supervisor.logfile import LogWriter, log_files, parse_log_opts
 from supervisor.restart import (
@@ -76,6 +77,7 @@ class Container:
         self.prepared: preparing.Prepared | None = None  # the same for every run
         self.exited = trio.Event()
         self.finished = trio.Event()  # the task tree ended (no restart due)
+        self.cgroup: Any = None  # the current run's cgroup handle, if it has one
 
     @property
     def status(self) -> Status:
@@ -100,6 +102,10 @@ class Supervisor:
         # Exit codes of removed --rm containers, so a wait that arrives after the
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
+        self.cgroups = CgroupManager(paths)
+
+    def our_pids(self) -> list[int]:
+        return [os.getpid(), self.spawner.zygote_pid]
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -128,6 +134,7 @@ class Supervisor:
 
     def _create(self, params: dict[str, Any]) -> Container:
         options = create_options(params)
+        self.cgroups.check(options.resources, self.our_pids())
         cid = containerdir.new_id()
         request = options.request._replace(hostname=options.request.hostname or cid[:12])
         options = options._replace(request=request)
@@ -249,11 +256,14 @@ class Supervisor:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
+        group = await self._make_cgroup(c)
         try:
             init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
-                                             (stdin, out_w, err_w))
+                                             (stdin, out_w, err_w),
+                                             group.procs_files if group is not None else ())
         except BaseException:
             close_quietly(out_r, err_r)
+            await self._drop_cgroup(c)
             raise
         finally:
             close_quietly(out_w, err_w)
@@ -268,6 +278,7 @@ class Supervisor:
             close_quietly(out_r, err_r, init.pidfd, init.pty_master)
             with trio.CancelScope(shield=True):
                 await self._reap(init.pid)
+                await self._drop_cgroup(c)
             raise
         self.known_children.add(init.pid)
         self._set(c, status=Status.RUNNING.value, pid=init.pid,
@@ -277,13 +288,36 @@ class Supervisor:
         self._emit(c, "start", pid=init.pid)
         return Launched(init, out_r, err_r)
 
+    async def _make_cgroup(self, c: Container) -> Any:
+        """This run's cgroup, with the container's limits (None: no cgroups here)."""
+        if not self.cgroups.ready(self.our_pids()):
+            return None
+        group = self.cgroups.handle(c.id)
+        await trio.to_thread.run_sync(group.create, c.options.resources)
+        c.cgroup = group
+        return group
+
+    async def _drop_cgroup(self, c: Container) -> None:
+        """Kill what is left in the run's cgroup and remove it."""
+        group, c.cgroup = c.cgroup, None
+        if group is not None:
+            try:
+                await trio.to_thread.run_sync(group.remove)
+            except ContainerError as exc:
+                log.error("cgroup not removed", container_id=c.id, error=str(exc))
+
     async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
         """Pump logs until the pipes drain and the init exits; return its status."""
         init, out_r, err_r = launched
         max_size, max_file = parse_log_opts(c.options.log_opts)
         writer = LogWriter(c.record.log_path, max_size=max_size, max_file=max_file)
+        group = c.cgroup
+        watcher = trio.CancelScope()
+        oom_killed = False
         try:
             async with trio.open_nursery() as pumps:
+                if group is not None:
+                    pumps.start_soon(self._watch_cgroup, c, group, watcher)
                 if init.pty_master is not None:
                     if attach is not None:
                         attach.pty_master = init.pty_master  # the client pumps the pty
@@ -297,19 +331,34 @@ class Supervisor:
                     pumps.start_soon(_pump, err_r, "stderr", writer,
                                      attach.stderr if attach else None)
                 code = await _wait_exit(init.pid, init.pidfd)
+                if group is not None:
+                    # What the init left (it is gone: its pid namespace is empty, or
+                    # emptying), and the final OOM verdict, before the cgroup goes.
+                    oom_killed = group.oom_kills() > 0
+                    watcher.cancel()
         finally:
             writer.close()
             close_quietly(init.pidfd)
             c.pidfd = -1
             self.known_children.discard(init.pid)
-        self._exit(c, code)
+            with trio.CancelScope(shield=True):
+                await self._drop_cgroup(c)
+        self._exit(c, code, oom_killed)
         return code
 
-    def _exit(self, c: Container, code: int) -> None:
+    async def _watch_cgroup(self, c: Container, group: Any, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await watch(group, self.cgroups.version or 2,
+                            lambda type, **attrs: self._emit(c, type, **attrs))
+            except OSError as exc:  # the container runs on; only its events are lost
+                log.error("cgroup watcher failed", container_id=c.id, error=str(exc))
+
+    def _exit(self, c: Container, code: int, oom_killed: bool = False) -> None:
         self._set(c, status=Status.EXITED.value, pid=0, exit_code=code,
-                  finished_at=time.time())
+                  finished_at=time.time(), oom_killed=oom_killed)
         c.exited.set()
-        self._emit(c, "die", exit_code=code)
+        self._emit(c, "die", exit_code=code, oom_killed=oom_killed)
 
     async def _reap(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
@@ -328,7 +377,9 @@ class Supervisor:
                  attach.stdout if attach.stdout is not None else self.devnull,
                  attach.stderr if attach.stderr is not None else self.devnull)
         try:
-            init = await self.spawner.create_exec(spec, config, stdio, c.pidfd)
+            init = await self.spawner.create_exec(
+                spec, config, stdio, c.pidfd,
+                c.cgroup.procs_files if c.cgroup is not None else ())
         finally:
             attach.close()
         self.known_children.add(init.pid)
@@ -374,14 +425,100 @@ class Supervisor:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
             self.signal(c, STOP_SIGNAL)
+            if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
+                await self.unpause(c)
             with trio.move_on_after(timeout):
                 await c.exited.wait()
             if not c.exited.is_set():
                 log.warning("stop timed out, killing", container_id=c.id, timeout=timeout)
-                self.signal(c, signal.SIGKILL)
+                await self.kill_all(c)
         if c.scope is not None:
             await c.finished.wait()
         self._emit(c, "stop")
+
+    async def kill_all(self, c: Container) -> None:
+        """SIGKILL every process of the container at once: through its cgroup (so no
+        forked child escapes), else through the init's pidfd (its pid namespace dies
+        with it)."""
+        group = c.cgroup
+        if group is not None:
+            await trio.to_thread.run_sync(group.kill)
+        if c.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                libc.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        self._emit(c, "kill", signal=int(signal.SIGKILL))
+
+    # --- cgroup verbs ---------------------------------------------------------------
+
+    def _group(self, c: Container, verb: str) -> Any:
+        if c.status not in (Status.RUNNING, Status.PAUSED):
+            raise Conflict(f"container {c.record.name} is not running")
+        if c.cgroup is None:
+            raise SpecError(f"{verb} needs a cgroup: {self.cgroups.why or 'none was made'}")
+        return c.cgroup
+
+    async def pause(self, c: Container) -> None:
+        if c.status != Status.RUNNING:
+            raise Conflict(f"container {c.record.name} is {c.status.value}, not running")
+        group = self._group(c, "pause")
+        await trio.to_thread.run_sync(group.freeze)
+        self._set(c, status=Status.PAUSED.value)
+        self._emit(c, "pause")
+
+    async def unpause(self, c: Container) -> None:
+        if c.status != Status.PAUSED:
+            raise Conflict(f"container {c.record.name} is {c.status.value}, not paused")
+        group = self._group(c, "unpause")
+        await trio.to_thread.run_sync(group.thaw)
+        if c.status == Status.PAUSED:
+            self._set(c, status=Status.RUNNING.value)
+        self._emit(c, "unpause")
+
+    async def update(self, c: Container, changes: dict[str, Any]) -> None:
+        """Change the limits: of the live cgroup now, and of every later run."""
+        from runtime.cgroups.limits import check_consistent, parse_resources
+
+        newer = parse_resources(changes)
+        if not newer.any():
+            raise SpecError("update: nothing to change (give --memory, --cpus, "
+                            "--pids-limit, ...)")
+        merged = c.options.resources.merged(newer)
+        check_consistent(merged)
+        self.cgroups.check(merged, self.our_pids())
+        if c.cgroup is not None and c.status in (Status.RUNNING, Status.PAUSED):
+            await trio.to_thread.run_sync(c.cgroup.apply, merged)
+        stored = dict(c.record.params.get("resources") or {})
+        if "cpus" in changes:
+            stored.pop("cpu_quota", None)
+        if "cpu_quota" in changes:
+            stored.pop("cpus", None)
+        stored.update({k: v for k, v in changes.items() if v not in (None, "")})
+        params = {**c.record.params, "resources": stored}
+        self._set(c, params=params)
+        c.options = c.options._replace(resources=merged)
+        self._emit(c, "update", **merged.to_json())
+
+    async def stats(self, c: Container, interval: float = 0.0) -> dict[str, Any]:
+        """Usage from the container's cgroup; cpu_percent over ``interval`` seconds."""
+        from supervisor.cgroups import cpu_percent
+
+        group = self._group(c, "stats")
+        first = await trio.to_thread.run_sync(group.stats)
+        t0 = time.monotonic()
+        if interval > 0:
+            await trio.sleep(interval)
+        second = await trio.to_thread.run_sync(group.stats) if interval > 0 else first
+        seconds = time.monotonic() - t0
+        return {**second, "cpu_percent": cpu_percent(first, second, seconds),
+                "memory_limit": second["memory_limit"] or _host_memory()}
+
+    def top(self, c: Container) -> list[dict[str, Any]]:
+        """The container's processes: those in its pid namespace, as the host sees them."""
+        if c.status not in (Status.RUNNING, Status.PAUSED) or not c.record.pid:
+            raise Conflict(f"container {c.record.name} is not running")
+        from supervisor.top import processes_in_pid_namespace
+
+        return processes_in_pid_namespace(c.record.pid)
 
     async def remove(self, c: Container, force: bool = False) -> None:
         if not can_remove(c.status, force):
@@ -390,8 +527,9 @@ class Supervisor:
         if is_active(c.status) or c.scope is not None:
             self._set(c, manually_stopped=True)
             if c.pidfd >= 0:
-                with contextlib.suppress(ProcessLookupError):
-                    libc.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+                await self.kill_all(c)
+                if c.status == Status.PAUSED and c.cgroup is not None:
+                    await trio.to_thread.run_sync(c.cgroup.thaw)  # v1: frozen tasks wait
             if c.scope is not None and c.status == Status.RESTARTING:
                 c.scope.cancel()
             await c.finished.wait()
@@ -425,6 +563,7 @@ class Supervisor:
     async def recover(self) -> None:
         """After a crash (kill -9): load every container, make sure none of the old
         inits lives on, clean what auto-removed ones left, and apply restart policies."""
+        await trio.to_thread.run_sync(self.cgroups.recover)
         for record in list(self.store.all()):
             try:
                 options = create_options(record.params)
@@ -464,6 +603,7 @@ class Supervisor:
             for c in list(self.containers.values()):
                 if is_active(c.status):
                     nursery.start_soon(self._stop_for_shutdown, c, timeout)
+        await trio.to_thread.run_sync(self.cgroups.shutdown)
 
     async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:
         manually = c.record.manually_stopped
@@ -478,6 +618,10 @@ async def _wait_exit(pid: int, pidfd: int) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _zombie_children() -> list[int]:

@@ -9,6 +9,7 @@ import shutil
 from typing import Any, NamedTuple
 
 from runtime import capabilities, idmap, options
+from runtime.cgroups.limits import Resources, parse_resources
 from runtime.defaults import RunRequest
 from runtime.errors import SpecError
 from runtime.spec import IdMapping
@@ -29,6 +30,7 @@ class CreateOptions(NamedTuple):
     log_opts: tuple[str, ...]
     uid_mappings: tuple[IdMapping, ...]
     gid_mappings: tuple[IdMapping, ...]
+    resources: Resources = Resources()
 
 
 def find_init(explicit: str | None) -> str:
@@ -153,6 +155,7 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
         request=request, name=name, auto_remove=_flag(params, "auto_remove"),
         interactive=_flag(params, "interactive"), restart=restart, backoff=backoff,
         log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,
+        resources=parse_resources(params.get("resources") or {}),
     )
 
 

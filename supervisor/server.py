@@ -75,6 +75,9 @@ class ControlServer:
             "container.inspect": self.inspect, "container.wait": self.wait,
             "container.logs": self.logs, "events.subscribe": self.subscribe,
             "container.exec": self.exec,
+            "container.pause": self.pause, "container.unpause": self.unpause,
+            "container.update": self.update, "container.stats": self.stats,
+            "container.top": self.top,
             "supervisor.shutdown": self.shutdown_method,
         }
 
@@ -169,7 +172,7 @@ class ControlServer:
 
     async def info(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**self.info_doc, "containers": len(self.sup.containers),
-                "running": self.sup.active_count()}
+                "running": self.sup.active_count(), "cgroups": self.sup.cgroups.info()}
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         c = await self.sup.create(params)
@@ -211,6 +214,38 @@ class ControlServer:
         self.sup.signal(c, _signal(params.get("signal", "KILL")))
         return {"id": c.id}
 
+    async def pause(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        await self.sup.pause(c)
+        return {"id": c.id}
+
+    async def unpause(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        await self.sup.unpause(c)
+        return {"id": c.id}
+
+    async def update(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        changes = params.get("resources")
+        if not isinstance(changes, dict):
+            raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                    "invalid params: 'resources' must be an object")
+        await self.sup.update(c, changes)
+        return {"id": c.id, "resources": c.options.resources.to_json()}
+
+    async def stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        interval = params.get("interval", 0.5)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not (
+                0 <= interval <= 60):
+            raise SpecError("invalid params: 'interval' must be 0..60 seconds")
+        return {"id": c.id, "name": c.record.name,
+                **await self.sup.stats(c, float(interval))}
+
+    async def top(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        return {"id": c.id, "processes": self.sup.top(c)}
+
     async def remove(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))
         await self.sup.remove(c, bool(params.get("force", False)))
@@ -224,7 +259,10 @@ class ControlServer:
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))
         r = c.record
-        return {**self._summary(c), "oom_killed": r.oom_killed, "started_at": r.started_at,
+        return {**self._summary(c), "oom_killed": r.oom_killed, "OOMKilled": r.oom_killed,
+                "resources": c.options.resources.to_json(),
+                "cgroup": list(c.cgroup.dirs) if c.cgroup is not None else None,
+                "started_at": r.started_at,
                 "finished_at": r.finished_at, "restart_count": r.restart_count,
                 "restart_policy": str(c.options.restart), "spec": self.sup.store.get(c.id).spec,
                 "log_path": r.log_path, "manually_stopped": r.manually_stopped,
@@ -302,7 +340,8 @@ class ControlServer:
         return {"id": c.id, "name": r.name, "status": r.status,
                 "status_text": _status_text(c), "pid": r.pid, "exit_code": r.exit_code,
                 "created": r.created, "command": r.params.get("command", []),
-                "restart": str(c.options.restart), "restart_count": r.restart_count}
+                "restart": str(c.options.restart), "restart_count": r.restart_count,
+                "oom_killed": r.oom_killed}
 
 
 def _status_text(c: Any) -> str:
@@ -310,7 +349,8 @@ def _status_text(c: Any) -> str:
     if status == Status.RESTARTING.value and c.scheduled is not None:
         return str(c.scheduled.describe(trio.current_time()))
     if status == Status.EXITED.value:
-        return f"exited ({c.record.exit_code})"
+        oom = ", OOMKilled" if c.record.oom_killed else ""
+        return f"exited ({c.record.exit_code}{oom})"
     return str(status)
 
 

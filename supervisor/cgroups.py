@@ -1,0 +1,219 @@
+"""The supervisor's side of container cgroups: the driver, set up lazily; one cgroup
+per container run; the per-run watcher task that turns cgroup notifications into
+events; stats; recovery of what a crashed supervisor left.
+
+The watcher (one task in each run's nursery) waits on
+- cgroup v2: inotify on ``memory.events`` and ``pids.events`` (the kernel's
+  file-modified notification), and a PSI trigger on ``memory.pressure`` where the
+  kernel has PSI (an epoll fd with EPOLLPRI, which trio can wait on as readable);
+- cgroup v1: an eventfd registered on ``memory.oom_control`` through
+  ``cgroup.event_control``, and inotify on ``pids.events``.
+Each wake-up rereads the counters and emits ``oom`` (counters: low, high, max, oom,
+oom_kill), ``pids.max`` (the count of refused forks) and ``memory.pressure`` events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from runtime import cgroups as cg
+from runtime import libc
+from runtime.cgroups.limits import Resources
+from runtime.errors import SpecError
+from runtime.log import get_logger
+from runtime.paths import StatePaths
+
+log = get_logger("myctr.cgroups")
+# A PSI trigger: 100 ms of memory stall within a 2 s window (2 s is the smallest
+# window an unprivileged user may ask for).
+PSI_TRIGGER = b"some 100000 2000000"
+
+Emit = Callable[..., None]
+
+
+class CgroupManager:
+    def __init__(self, paths: StatePaths) -> None:
+        self.run_dir = paths.run
+        self.tag = cg.state_tag(paths.base)
+        self.driver: Any = None
+        self.why: str | None = None
+        try:
+            self.driver = cg.detect(self.tag)
+            self.why = self.driver.problem()
+        except (cg.Unavailable, OSError) as exc:
+            self.why = str(exc)
+
+    @property
+    def version(self) -> int | None:
+        return self.driver.version if self.driver is not None else None
+
+    def ready(self, our_pids: list[int]) -> bool:
+        """Set the driver up (once); False when this process cannot have cgroups."""
+        if self.driver is None or self.why is not None:
+            return False
+        if not self.driver.ready:
+            try:
+                self.driver.setup(our_pids)
+            except (cg.Unavailable, OSError) as exc:
+                self.why = f"cgroup setup failed: {exc}"
+                return False
+            cg.save_state(self.run_dir, self.driver.state())
+        return True
+
+    def usable(self) -> set[str]:
+        if self.driver is None or not self.driver.ready:
+            return set()
+        return set(self.driver.usable())
+
+    def check(self, resources: Resources, our_pids: list[int]) -> None:
+        """SpecError when a limit asks for a controller we cannot use."""
+        if not resources.any():
+            return
+        if not self.ready(our_pids):
+            cg.require(resources, set(), self.why)
+        cg.require(resources, self.usable(), None)
+
+    def handle(self, cid: str) -> Any:
+        return self.driver.cgroup(cid)
+
+    def info(self) -> dict[str, Any]:
+        if self.driver is None:
+            return {"version": None, "usable": False, "problem": self.why}
+        doc = self.driver.describe()
+        doc["usable"] = self.why is None
+        doc["problem"] = self.why or doc.get("problem")
+        return doc
+
+    def recover(self) -> None:
+        """Remove the container cgroups a crashed supervisor left (recorded bases)."""
+        doc = cg.load_state(self.run_dir)
+        if not doc:
+            return
+        from runtime.cgroups import v1, v2
+
+        try:
+            (v2 if doc.get("version") == 2 else v1).recover(doc)
+        except OSError as exc:
+            log.warning("stale cgroups could not all be removed", error=str(exc))
+        cg.clear_state(self.run_dir)
+
+    def shutdown(self) -> None:
+        if self.driver is not None and self.driver.ready:
+            self.driver.teardown()
+            cg.clear_state(self.run_dir)
+
+
+async def watch(handle: Any, version: int, emit: Emit) -> None:
+    """The cgroup watcher task of one run; runs until cancelled."""
+    inotify = libc.inotify_init1()
+    epoll = select.epoll()
+    owned: list[int] = []
+    try:
+        for path in handle.event_files:
+            with contextlib.suppress(OSError):
+                libc.inotify_add_watch(inotify, path)
+        epoll.register(inotify, select.EPOLLIN)
+        if version == 1:
+            efd = _v1_oom_eventfd(handle)
+            if efd is not None:
+                owned.append(efd)
+                epoll.register(efd, select.EPOLLIN)
+        else:
+            psi = _psi_trigger(os.path.join(handle.path, "memory.pressure"))
+            if psi is not None:
+                owned.append(psi)
+                epoll.register(psi, select.EPOLLPRI)
+        psi_fds = set(owned) if version == 2 else set()
+        memory = handle.memory_events()
+        pids = handle.pids_events()
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, _mask in epoll.poll(0):
+                if fd in psi_fds:
+                    emit("memory.pressure", trigger=PSI_TRIGGER.decode(),
+                         pressure=_read_pressure(handle.path))
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(fd, 65536)  # drain inotify events / the eventfd counter
+            now = handle.memory_events()
+            if now.get("oom_kill", 0) > memory.get("oom_kill", 0) or now.get(
+                    "oom", 0) > memory.get("oom", 0):
+                emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
+                                                          "oom_kill")})
+            memory = now
+            now_pids = handle.pids_events()
+            if now_pids.get("max", 0) > pids.get("max", 0):
+                emit("pids.max", max=now_pids.get("max", 0),
+                     limit=cg.read_int(os.path.join(handle.dirs[-1], "pids.max"))
+                     if version == 2 else None)
+            pids = now_pids
+    finally:
+        epoll.close()
+        os.close(inotify)
+        for fd in owned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _v1_oom_eventfd(handle: Any) -> int | None:
+    control, event_control = handle.oom_control_path(), handle.event_control_path()
+    if control is None or event_control is None:
+        return None
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    ofd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        cg.write(event_control, f"{efd} {ofd}")
+    except OSError:
+        os.close(efd)
+        return None
+    finally:
+        os.close(ofd)  # the registration holds its own reference
+    return efd
+
+
+def _psi_trigger(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.write(fd, PSI_TRIGGER + b"\0")
+    except OSError:  # no PSI in this kernel (psi=0) or not allowed
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_pressure(path: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(os.path.join(path, "memory.pressure")) as f:
+        for line in f:
+            kind, *fields = line.split()
+            for field in fields:
+                key, _, value = field.partition("=")
+                if key == "avg10":
+                    out[kind] = float(value)
+    return out
+
+
+def cpu_percent(before: dict[str, Any], after: dict[str, Any], seconds: float) -> float:
+    """docker's CPU %: CPU time used over wall time, 100% = one CPU busy."""
+    if seconds <= 0:
+        return 0.0
+    used = after.get("cpu_usage_ns", 0) - before.get("cpu_usage_ns", 0)
+    return max(used, 0) / (seconds * 1e9) * 100.0
+
+
+def parse_update(params: dict[str, Any]) -> Resources:
+    from runtime.cgroups.limits import parse_resources
+
+    resources = parse_resources(params)
+    if not resources.any():
+        raise SpecError("update: nothing to change (give --memory, --cpus, --pids-limit, ...)")
+    return resources
