@@ -109,56 +109,68 @@ class CgroupManager:
             cg.clear_state(self.run_dir)
 
 
-async def watch(handle: Any, version: int, emit: Emit) -> None:
-    """The cgroup watcher task of one run; runs until cancelled."""
-    inotify = libc.inotify_init1()
-    epoll = select.epoll()
-    owned: list[int] = []
-    try:
-        for path in handle.event_files:
-            with contextlib.suppress(OSError):
-                libc.inotify_add_watch(inotify, path)
-        epoll.register(inotify, select.EPOLLIN)
-        if version == 1:
-            efd = _v1_oom_eventfd(handle)
-            if efd is not None:
-                owned.append(efd)
-                epoll.register(efd, select.EPOLLIN)
-        else:
-            psi = _psi_trigger(os.path.join(handle.path, "memory.pressure"))
-            if psi is not None:
-                owned.append(psi)
-                epoll.register(psi, select.EPOLLPRI)
-        psi_fds = set(owned) if version == 2 else set()
-        memory = handle.memory_events()
-        pids = handle.pids_events()
-        while True:
-            await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, _mask in epoll.poll(0):
-                if fd in psi_fds:
-                    emit("memory.pressure", trigger=PSI_TRIGGER.decode(),
-                         pressure=_read_pressure(handle.path))
-                else:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(fd, 65536)  # drain inotify events / the eventfd counter
-            now = handle.memory_events()
-            if now.get("oom_kill", 0) > memory.get("oom_kill", 0) or now.get(
-                    "oom", 0) > memory.get("oom", 0):
-                emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
-                                                          "oom_kill")})
-            memory = now
-            now_pids = handle.pids_events()
-            if now_pids.get("max", 0) > pids.get("max", 0):
-                emit("pids.max", max=now_pids.get("max", 0),
-                     limit=cg.read_int(os.path.join(handle.dirs[-1], "pids.max"))
-                     if version == 2 else None)
-            pids = now_pids
-    finally:
-        epoll.close()
-        os.close(inotify)
-        for fd in owned:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+class Watcher:
+    """The cgroup watcher of one run: :meth:`run` waits for notifications until
+    cancelled; :meth:`check` compares the counters with the last reading and emits
+    what changed (the engine calls it once more after the init exited, so nothing
+    that happened just before the exit goes unreported)."""
+
+    def __init__(self, handle: Any, version: int, emit: Emit) -> None:
+        self.handle = handle
+        self.version = version
+        self.emit = emit
+        self.memory = handle.memory_events()
+        self.pids = handle.pids_events()
+
+    def check(self) -> None:
+        now = self.handle.memory_events()
+        if now.get("oom_kill", 0) > self.memory.get("oom_kill", 0) or now.get(
+                "oom", 0) > self.memory.get("oom", 0):
+            self.emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
+                                                           "oom_kill")})
+        self.memory = now
+        pids = self.handle.pids_events()
+        if pids.get("max", 0) > self.pids.get("max", 0):
+            self.emit("pids.max", max=pids.get("max", 0))
+        self.pids = pids
+
+    async def run(self) -> None:
+        inotify = libc.inotify_init1()
+        epoll = select.epoll()
+        owned: list[int] = []
+        psi_fds: set[int] = set()
+        try:
+            for path in self.handle.event_files:
+                with contextlib.suppress(OSError):
+                    libc.inotify_add_watch(inotify, path)
+            epoll.register(inotify, select.EPOLLIN)
+            if self.version == 1:
+                efd = _v1_oom_eventfd(self.handle)
+                if efd is not None:
+                    owned.append(efd)
+                    epoll.register(efd, select.EPOLLIN)
+            else:
+                psi = _psi_trigger(os.path.join(self.handle.path, "memory.pressure"))
+                if psi is not None:
+                    owned.append(psi)
+                    psi_fds.add(psi)
+                    epoll.register(psi, select.EPOLLPRI)
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _mask in epoll.poll(0):
+                    if fd in psi_fds:
+                        self.emit("memory.pressure", trigger=PSI_TRIGGER.decode(),
+                                  pressure=_read_pressure(self.handle.path))
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(fd, 65536)  # drain inotify events / the eventfd
+                self.check()
+        finally:
+            epoll.close()
+            os.close(inotify)
+            for fd in owned:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _v1_oom_eventfd(handle: Any) -> int | None:

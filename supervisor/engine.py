@@ -25,7 +25,7 @@ from runtime.log import get_logger
 from runtime.paths import StatePaths
 from runtime.spec import ContainerSpec
 from supervisor import prepare as preparing
-from supervisor.cgroups import CgroupManager, watch
+from supervisor.cgroups import CgroupManager, Watcher
 from supervisor.events import EventLog
 from supervisor.logfile import LogWriter, log_files, parse_log_opts
 from supervisor.restart import (
@@ -312,12 +312,16 @@ class Supervisor:
         max_size, max_file = parse_log_opts(c.options.log_opts)
         writer = LogWriter(c.record.log_path, max_size=max_size, max_file=max_file)
         group = c.cgroup
-        watcher = trio.CancelScope()
+        watcher = None
+        if group is not None:
+            watcher = Watcher(group, self.cgroups.version or 2,
+                              lambda type, **attrs: self._emit(c, type, **attrs))
+        watching = trio.CancelScope()
         oom_killed = False
         try:
             async with trio.open_nursery() as pumps:
-                if group is not None:
-                    pumps.start_soon(self._watch_cgroup, c, group, watcher)
+                if watcher is not None:
+                    pumps.start_soon(self._watch_cgroup, c, watcher, watching)
                 if init.pty_master is not None:
                     if attach is not None:
                         attach.pty_master = init.pty_master  # the client pumps the pty
@@ -331,11 +335,12 @@ class Supervisor:
                     pumps.start_soon(_pump, err_r, "stderr", writer,
                                      attach.stderr if attach else None)
                 code = await _wait_exit(init.pid, init.pidfd)
-                if group is not None:
-                    # What the init left (it is gone: its pid namespace is empty, or
-                    # emptying), and the final OOM verdict, before the cgroup goes.
+                if watcher is not None:
+                    # The last word before the cgroup goes: events of the final moments
+                    # and the OOM verdict of this run (its cgroup was fresh).
+                    watcher.check()
                     oom_killed = group.oom_kills() > 0
-                    watcher.cancel()
+                    watching.cancel()
         finally:
             writer.close()
             close_quietly(init.pidfd)
@@ -346,11 +351,11 @@ class Supervisor:
         self._exit(c, code, oom_killed)
         return code
 
-    async def _watch_cgroup(self, c: Container, group: Any, scope: trio.CancelScope) -> None:
+    async def _watch_cgroup(self, c: Container, watcher: Watcher,
+                            scope: trio.CancelScope) -> None:
         with scope:
             try:
-                await watch(group, self.cgroups.version or 2,
-                            lambda type, **attrs: self._emit(c, type, **attrs))
+                await watcher.run()
             except OSError as exc:  # the container runs on; only its events are lost
                 log.error("cgroup watcher failed", container_id=c.id, error=str(exc))
 

@@ -113,6 +113,9 @@ class V2Driver:
         self.controllers = set(usable)
         self.ready = True
 
+    def usable(self) -> set[str]:
+        return set(self.controllers)
+
     def _is_root(self) -> bool:
         return os.path.realpath(self.own_dir) == os.path.realpath(self.hierarchy.mountpoint)
 

@@ -1,0 +1,266 @@
+"""cgroups end to end, on both drivers: natively on this host (cgroup v1 here, v2 on a
+pure v2 host) and in the cgroup v2 VM of ../shared/vm (tests marked ``vm``), as root
+and rootless (a delegated cgroup, as systemd's Delegate=yes gives a user service).
+
+Every test checks, after its supervisor shut down, that no cgroup it made is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.cgroups import detect, state_tag
+from tests.integration import harness
+from tests.integration.conftest import _home, _runner
+from tests.integration.harness import Myctr
+
+MiB = 1024 * 1024
+
+LIMITED = [
+    pytest.param(("native", "root"), id="native-root"),
+    pytest.param(("vm", "root"), id="v2vm-root", marks=pytest.mark.vm),
+    pytest.param(("vm", "rootless"), id="v2vm-rootless", marks=pytest.mark.vm),
+]
+UNDELEGATED = [
+    pytest.param(("native", "rootless"), id="native-rootless"),
+    pytest.param(("vm", "rootless"), id="v2vm-rootless", marks=pytest.mark.vm),
+]
+
+
+class Limited(Myctr):
+    """A runner whose supervisor may have cgroups; ``restart_supervisor`` starts a new
+    one the way the fixture started the first."""
+
+    delegated: Path | None = None
+    starts: int = 0
+
+    def start_supervisor(self) -> None:
+        if self.delegated is None:  # any CLI command autostarts one
+            assert self("info").returncode == 0
+            return
+        self.starts += 1
+        leaf = self.delegated / f"session-{self.starts}"
+        leaf.mkdir()
+        assert self.user is not None
+        harness.chown_cgroup(leaf, self.user)
+        harness.start_supervisor_in_cgroup(self, leaf)
+
+    def call(self, method: str, **params: Any) -> Any:
+        reply = harness.supervisor_call(self.state_root, method, params)
+        assert isinstance(reply, dict) and "result" in reply, reply
+        return reply["result"]
+
+    def detached(self, *args: str) -> str:
+        result = self("run", "-d", "--rootfs", str(self.rootfs), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+
+def _make_runner(request: pytest.FixtureRequest, workspace: Path,
+                 rootfs_by_mode: dict[str, Path], test_user: Any,
+                 staged_python: Path) -> Limited:
+    where, mode = request.param
+    if where == "vm" and not harness.pure_cgroup_v2():
+        pytest.skip("needs a pure cgroup v2 host: runs in ../shared/vm's VM (--vm=never given?)")
+    state_root = harness.make_shared_dir(f"{_home(workspace, mode, test_user)}/state-")
+    base = _runner(mode, state_root, rootfs_by_mode[mode], test_user, staged_python)
+    return Limited(base.mode, base.state_root, base.rootfs, base.staged, base.user)
+
+
+def _our_cgroups(runner: Limited) -> list[str]:
+    """The cgroups of this state root that still exist (after its supervisor left)."""
+    if runner.delegated is not None:
+        return [p for p in harness.remove_cgroup_tree(runner.delegated)
+                if not Path(p).name.startswith("session-")]
+    driver = detect(state_tag(str(runner.state_root)))
+    bases = [driver.base] if driver.version == 2 else list(driver.dirs.values())
+    return [b for b in bases if os.path.exists(b)]
+
+
+def _finish(runner: Limited) -> None:
+    harness.stop_supervisor(runner.state_root)
+    leaks = harness.leftovers(runner.state_root)
+    cgroups = _our_cgroups(runner)
+    shutil.rmtree(runner.state_root, ignore_errors=True)
+    assert not leaks, f"the container left things behind: {leaks}"
+    assert not cgroups, f"cgroups left behind: {cgroups}"
+
+
+@pytest.fixture(params=LIMITED)
+def limited(request: pytest.FixtureRequest, workspace: Path, rootfs_by_mode: dict[str, Path],
+            test_user: Any, staged_python: Path) -> Iterator[Limited]:
+    runner = _make_runner(request, workspace, rootfs_by_mode, test_user, staged_python)
+    if runner.mode == "rootless":
+        runner.delegated = harness.delegate_cgroup(test_user)
+    runner.start_supervisor()
+    try:
+        yield runner
+    finally:
+        _finish(runner)
+
+
+@pytest.fixture(params=UNDELEGATED)
+def undelegated(request: pytest.FixtureRequest, workspace: Path,
+                rootfs_by_mode: dict[str, Path], test_user: Any,
+                staged_python: Path) -> Iterator[Limited]:
+    runner = _make_runner(request, workspace, rootfs_by_mode, test_user, staged_python)
+    yield runner
+    _finish(runner)
+
+
+def _until(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s")
+
+
+def _version(runner: Limited) -> int:
+    info = runner.call("info")["cgroups"]
+    assert info["usable"], info
+    return int(info["version"])
+
+
+class TestLimits:
+    def test_memory_hog_is_oom_killed(self, limited: Limited) -> None:
+        """Above --memory 32m the kernel kills the hog: exit 137, OOMKilled in inspect
+        and ps, an oom event with oom_kill >= 1 on the socket."""
+        result = limited("run", "--name", "hog", "-m", "32m", "--memory-swap", "32m",
+                         "--rootfs", str(limited.rootfs), "/probe", "alloc", "256")
+        assert result.returncode == 137, result
+        info = limited.call("container.inspect", id="hog")
+        assert info["OOMKilled"] is True and info["exit_code"] == 137
+        listed = json.loads(limited("ps", "-a", "--format", "json").stdout)
+        assert [c["oom_killed"] for c in listed if c["name"] == "hog"] == [True]
+        events = harness.read_events(limited.state_root, 0, lambda e: e["type"] == "die")
+        oom = [e for e in events if e["type"] == "oom"]
+        assert oom and oom[0]["attributes"]["oom_kill"] >= 1, events
+        assert set(oom[0]["attributes"]) >= {"low", "high", "max", "oom", "oom_kill"}
+        assert events[-1]["attributes"]["oom_killed"] is True
+        assert limited("rm", "hog").returncode == 0
+
+    def test_pids_limit_stops_a_fork_bomb(self, limited: Limited) -> None:
+        """--pids-limit 20: forks beyond it fail with EAGAIN, a pids.max event is
+        emitted, and the host can still fork."""
+        result = limited("run", "--name", "bomb", "--pids-limit", "20",
+                         "--rootfs", str(limited.rootfs), "/probe", "fork", "200")
+        assert result.returncode == 0, result
+        report = json.loads(result.stdout)
+        assert report["errno"] == "EAGAIN" and report["forked"] < 20, report
+        events = harness.read_events(limited.state_root, 0, lambda e: e["type"] == "die")
+        assert any(e["type"] == "pids.max" for e in events), events
+        assert os.waitstatus_to_exitcode(os.system("true")) == 0  # the host is fine
+        assert limited("rm", "bomb").returncode == 0
+
+    def test_cpus_limit_holds_a_busy_loop_near_half_a_cpu(self, limited: Limited) -> None:
+        """--cpus 0.5: a busy loop gets ~50% of one CPU (cpu.stat / cpuacct.usage)."""
+        limited.detached("--name", "spin", "--cpus", "0.5", "/probe", "spin", "600")
+        time.sleep(0.5)
+        stats = limited.call("container.stats", id="spin", interval=3.0)
+        assert 35.0 <= stats["cpu_percent"] <= 65.0, stats
+        assert limited("rm", "-f", "spin").returncode == 0
+
+    def test_pause_freezes_and_unpause_resumes(self, limited: Limited) -> None:
+        """pause stops a ticking counter (its log stops growing), unpause resumes it;
+        rm -f removes a paused container."""
+        limited.detached("--name", "tick", "/bin/sh", "-c",
+                         "while :; do echo tick; sleep 0.05; done")
+
+        def lines() -> int:
+            return limited("logs", "tick").stdout.count("tick")
+
+        _until(lambda: lines() > 0)
+        assert limited("pause", "tick").returncode == 0
+        assert limited.call("container.inspect", id="tick")["status"] == "paused"
+        frozen = lines()
+        time.sleep(1.0)
+        assert lines() == frozen
+        assert limited("unpause", "tick").returncode == 0
+        _until(lambda: lines() > frozen + 3)
+        assert limited("pause", "tick").returncode == 0
+        assert limited("rm", "-f", "tick").returncode == 0
+
+    def test_stop_kills_double_forked_daemons(self, limited: Limited) -> None:
+        """stop reaches processes that left their parents (through the cgroup), and the
+        container's cgroup is gone afterwards; the cgroup namespace shows it as /."""
+        limited.detached("--name", "daemons", "/bin/sh", "-c",
+                         "(sh -c 'sleep 1000 & sleep 1000' &); exec sleep 1000")
+        procs = _until(lambda: [p for p in limited.call("container.top", id="daemons")
+                                ["processes"] if p["command"].startswith("sleep")]
+                       if len(limited.call("container.top", id="daemons")["processes"]) >= 3
+                       else None)
+        cgroup_dirs = limited.call("container.inspect", id="daemons")["cgroup"]
+        assert cgroup_dirs and all(os.path.isdir(d) for d in cgroup_dirs)
+        seen = limited("exec", "daemons", "/bin/cat", "/proc/self/cgroup").stdout
+        assert seen and all(line.endswith(":/") for line in seen.splitlines()), seen
+        assert limited("stop", "-t", "1", "daemons").returncode == 0
+        assert not [p["pid"] for p in procs if harness.alive(p["pid"])]
+        assert not [d for d in cgroup_dirs if os.path.exists(d)]
+        assert limited("rm", "daemons").returncode == 0
+
+    def test_update_changes_live_limits(self, limited: Limited) -> None:
+        """update raises --memory and lowers --pids-limit of a running container."""
+        limited.detached("--name", "up", "-m", "64m", "--pids-limit", "50",
+                         "/bin/sleep", "1000")
+        before = limited.call("container.stats", id="up", interval=0)
+        assert (before["memory_limit"], before["pids_limit"]) == (64 * MiB, 50)
+        assert limited("update", "-m", "128m", "--pids-limit", "30", "up").returncode == 0
+        after = limited.call("container.stats", id="up", interval=0)
+        assert (after["memory_limit"], after["pids_limit"]) == (128 * MiB, 30)
+        assert limited.call("container.inspect", id="up")["resources"]["memory"] == 128 * MiB
+        assert limited("rm", "-f", "up").returncode == 0
+
+    def test_bad_values_exit_125(self, limited: Limited) -> None:
+        """Bad limits exit 125 with one line naming the value, and create nothing."""
+        for args, text in ((("--memory", "1x"), "--memory '1x'"),
+                           (("--cpus", "-1"), "--cpus '-1'"),
+                           (("--cpuset-cpus", "99"), "--cpuset-cpus '99'")):
+            result = limited("run", "--rm", "--rootfs", str(limited.rootfs), *args, "/bin/true")
+            assert result.returncode == 125, result
+            assert text in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert json.loads(limited("ps", "-a", "--format", "json").stdout) == []
+
+    def test_crashed_supervisor_leaves_no_cgroup(self, limited: Limited) -> None:
+        """After kill -9 of the supervisor, the next one removes the container cgroups
+        the dead one left."""
+        limited.detached("--name", "orphan", "-m", "64m", "/bin/sleep", "1000")
+        cgroup_dirs = limited.call("container.inspect", id="orphan")["cgroup"]
+        assert cgroup_dirs and all(os.path.isdir(d) for d in cgroup_dirs)
+        pid = limited.call("ping")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        limited.start_supervisor()
+        assert limited.call("container.inspect", id="orphan")["status"] == "exited"
+        assert not [d for d in cgroup_dirs if os.path.exists(d)]
+        assert limited("rm", "orphan").returncode == 0
+
+
+class TestWithoutCgroups:
+    def test_limits_fail_clearly_and_plain_runs_work(self, undelegated: Limited) -> None:
+        """A user without a writable cgroup: a limit exits 125 saying why, a container
+        without limits runs, pause explains, and info says why."""
+        result = undelegated("run", "--rm", "-m", "32m", "--rootfs",
+                             str(undelegated.rootfs), "/bin/true")
+        assert result.returncode == 125
+        assert "--memory needs the cgroup memory controller" in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        ok = undelegated("run", "--rm", "--rootfs", str(undelegated.rootfs), "/bin/echo", "hi")
+        assert (ok.returncode, ok.stdout) == (0, "hi\n")
+        info = undelegated.call("info")["cgroups"]
+        assert info["usable"] is False and "not writable" in info["problem"]
+        undelegated.detached("--name", "plain", "/bin/sleep", "1000")
+        paused = undelegated("pause", "plain")
+        assert paused.returncode == 125 and "pause needs a cgroup" in paused.stderr
+        assert undelegated("rm", "-f", "plain").returncode == 0
