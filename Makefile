@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
-TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev
+TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86
 BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman
 DEMO_ROOTFS ?= build/demo-rootfs
 
@@ -46,12 +46,20 @@ demo: deps
 	@echo "--- a supervised service: restart policy, logs, exec"
 	$(VENV)/bin/myctr rm -f demo-svc >/dev/null 2>&1 || true
 	$(VENV)/bin/myctr run -d --name demo-svc --restart always --restart-delay 0.2 \
+		--memory 64m --cpus 0.5 --pids-limit 50 \
 		--rootfs $(DEMO_ROOTFS) /bin/sh -c 'echo "started at $$(date +%T)"; sleep 1; exit 1'
 	sleep 3
 	$(VENV)/bin/myctr ps
 	$(VENV)/bin/myctr logs --tail 3 demo-svc
 	$(VENV)/bin/myctr exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
+	$(VENV)/bin/myctr stats --no-stream demo-svc || true
 	$(VENV)/bin/myctr rm -f demo-svc
+	@echo "--- cgroup limits: a memory hog above --memory 32m is OOM-killed"
+	$(VENV)/bin/myctr rm -f demo-hog >/dev/null 2>&1 || true
+	$(VENV)/bin/myctr run --name demo-hog --memory 32m --memory-swap 32m --rootfs $(DEMO_ROOTFS) \
+		/bin/sh -c 'x=$$(head -c 200000000 /dev/zero | tr "\0" a); echo survived' || true
+	$(VENV)/bin/myctr ps -a --format json | grep -E '"(name|status_text)"'
+	$(VENV)/bin/myctr rm demo-hog
 
 test: test-deps lint
 	$(PY) -m pytest -q tests

@@ -268,6 +268,9 @@ class Supervisor:
         finally:
             close_quietly(out_w, err_w)
         c.pidfd = init.pidfd
+        # Ours to reap from now on: a fast command can exit (and a SIGCHLD from any
+        # container wake reap_strays) before start() returns.
+        self.known_children.add(init.pid)
         try:
             await self.spawner.start(init)
         except BaseException as exc:
@@ -279,8 +282,8 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 await self._reap(init.pid)
                 await self._drop_cgroup(c)
+            self.known_children.discard(init.pid)
             raise
-        self.known_children.add(init.pid)
         self._set(c, status=Status.RUNNING.value, pid=init.pid,
                   pid_start=process_start_time(init.pid), started_at=time.time(),
                   exit_code=None)

@@ -17,6 +17,14 @@ VM_HARNESS = next((p for p in _CANDIDATES if p and os.path.exists(f"{p}/pytest_v
 if VM_HARNESS is not None:
     sys.path.insert(0, VM_HARNESS)
     pytest_plugins = ["pytest_vm"]
+
+    def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+        """Run the VM's tests after every host test: the plugin runs them outside
+        pytest's setup/teardown protocol, which would otherwise leave a host test's
+        class or module set up across them."""
+        if _pure_v2() or os.environ.get("VMH_INSIDE") == "1":
+            return
+        items.sort(key=lambda item: item.get_closest_marker("vm") is not None)
 else:
     def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "vm: run inside a pure cgroup v2 VM")
@@ -30,8 +38,6 @@ else:
 
 
 def _pure_v2() -> bool:
-    try:
-        with open("/sys/fs/cgroup/cgroup.subtree_control") as f:
-            return "memory" in f.read().split()
-    except OSError:
-        return False
+    from tests.integration.harness import pure_cgroup_v2
+
+    return pure_cgroup_v2()

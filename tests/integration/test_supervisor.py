@@ -75,6 +75,18 @@ class TestDetachedContainers:
         _until(lambda: myctr("ps", "-a", "-q").stdout == "")
         assert myctr("wait", cid).stdout.strip() == "3"
 
+    def test_fast_containers_at_once_all_report_their_status(self, myctr: Myctr) -> None:
+        """Ten /bin/true containers at once: each exit status reaches its own waiter
+        (an init that exits at once must not be reaped as a stray by a sibling's
+        SIGCHLD)."""
+        import concurrent.futures
+
+        assert myctr("info").returncode == 0  # one supervisor for all of them
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(lambda i: myctr.run("/bin/sh", "-c", f"exit {i}").returncode,
+                                  range(10)))
+        assert codes == list(range(10))
+
     def test_id_prefix_and_unknown(self, myctr: Myctr) -> None:
         """Containers are found by id prefix; an unknown one is a one-line 125."""
         cid = _detached(myctr, "/bin/true")
@@ -226,23 +238,7 @@ def _exchange(path: str, data: bytes) -> dict:  # type: ignore[type-arg]
 
 
 def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  # type: ignore[type-arg]
-    events = []
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(20)
-        sock.connect(str(state_root / "run" / "control.sock"))
-        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe",
-                                 "params": {"since": since}}).encode() + b"\n")
-        buffer = b""
-        while True:
-            chunk = sock.recv(65536)
-            assert chunk, "the stream ended"
-            buffer += chunk
-            while b"\n" in buffer:
-                line, _, buffer = buffer.partition(b"\n")
-                event = json.loads(line)["params"]
-                events.append(event)
-                if event["type"] == until_type:
-                    return events
+    return harness.read_events(state_root, since, lambda e: e["type"] == until_type)
 
 
 class TestExec:
