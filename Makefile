@@ -77,6 +77,7 @@ lint: test-deps
 bench: bench-deps
 	$(PY) -m bench.start_latency
 	$(PY) -m bench.supervisor_bench
+	$(PY) -m bench.cgroup_bench
 
 clean:
 	rm -rf $(VENV) build

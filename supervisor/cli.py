@@ -62,14 +62,30 @@ RESOURCE_FLAGS = (
 )
 
 
+DEVICE_THROTTLES = (
+    ("device_read_bps", "--device-read-bps", "Read rate limit, DEVICE:RATE (e.g. /dev/sda:1mb)."),
+    ("device_write_bps", "--device-write-bps", "Write rate limit, DEVICE:RATE."),
+    ("device_read_iops", "--device-read-iops", "Read IO/s limit, DEVICE:N."),
+    ("device_write_iops", "--device-write-iops", "Write IO/s limit, DEVICE:N."),
+)
+
+
 def _resource_options(f: Any) -> Any:
+    for key, flag, text in reversed(DEVICE_THROTTLES):
+        f = click.option(flag, key, multiple=True, help=text)(f)
     for key, flags, text in reversed(RESOURCE_FLAGS):
         f = click.option(*flags, key, help=text)(f)
     return f
 
 
-def _resources(opts: dict[str, Any]) -> dict[str, str]:
-    return {key: opts.pop(key) for key, _, _ in RESOURCE_FLAGS if opts.get(key) is not None}
+def _resources(opts: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {key: opts.pop(key) for key, _, _ in RESOURCE_FLAGS
+                             if opts.get(key) is not None}
+    for key, _, _ in DEVICE_THROTTLES:
+        values = opts.pop(key, ())
+        if values:
+            found[key] = list(values)
+    return found
 
 
 def _run_options(f: Any) -> Any:

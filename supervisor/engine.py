@@ -432,7 +432,8 @@ class Supervisor:
         if c.status == Status.RESTARTING and c.scope is not None:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
-            self.signal(c, STOP_SIGNAL)
+            if c.pidfd >= 0:  # else the init just exited: its cgroup is being removed
+                self.signal(c, STOP_SIGNAL)
             if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
                 await self.unpause(c)
             with trio.move_on_after(timeout):

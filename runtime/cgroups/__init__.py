@@ -29,7 +29,8 @@ NEEDS = {
     "memory": "memory", "memory_swap": "memory", "memory_reservation": "memory",
     "cpu_quota": "cpu", "cpu_period": "cpu", "cpu_shares": "cpu",
     "cpuset_cpus": "cpuset", "cpuset_mems": "cpuset", "pids_limit": "pids",
-    "blkio_weight": "io",
+    "blkio_weight": "io", "device_read_bps": "io", "device_write_bps": "io",
+    "device_read_iops": "io", "device_write_iops": "io",
 }
 OPTIONS = {
     "memory": "--memory", "memory_swap": "--memory-swap",
@@ -37,6 +38,8 @@ OPTIONS = {
     "cpu_period": "--cpu-period", "cpu_shares": "--cpu-shares",
     "cpuset_cpus": "--cpuset-cpus", "cpuset_mems": "--cpuset-mems",
     "pids_limit": "--pids-limit", "blkio_weight": "--blkio-weight",
+    "device_read_bps": "--device-read-bps", "device_write_bps": "--device-write-bps",
+    "device_read_iops": "--device-read-iops", "device_write_iops": "--device-write-iops",
 }
 
 

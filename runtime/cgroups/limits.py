@@ -38,6 +38,11 @@ class Resources(NamedTuple):
     cpuset_mems: str | None = None
     pids_limit: int | None = None  # -1 unlimited
     blkio_weight: int | None = None  # 10..1000
+    # Per-device throttles: ((major, minor, value), ...) for io.max / blkio.throttle.*
+    device_read_bps: tuple[tuple[int, int, int], ...] | None = None
+    device_write_bps: tuple[tuple[int, int, int], ...] | None = None
+    device_read_iops: tuple[tuple[int, int, int], ...] | None = None
+    device_write_iops: tuple[tuple[int, int, int], ...] | None = None
 
     def any(self) -> bool:
         return any(v is not None for v in self)
@@ -55,7 +60,10 @@ class Resources(NamedTuple):
         unknown = set(doc) - set(cls._fields)
         if unknown:
             raise SpecError(f"unknown resource field {sorted(unknown)[0]!r}")
-        return cls(**doc)
+        values: dict[str, Any] = {
+            k: tuple(tuple(t) for t in v) if k in THROTTLES and v is not None else v
+            for k, v in doc.items()}
+        return cls(**values)
 
     @property
     def swap_limit(self) -> int | None:
@@ -185,7 +193,29 @@ OPTION_FIELDS = {
     "cpuset_mems": "--cpuset-mems",
     "pids_limit": "--pids-limit",
     "blkio_weight": "--blkio-weight",
+    "device_read_bps": "--device-read-bps",
+    "device_write_bps": "--device-write-bps",
+    "device_read_iops": "--device-read-iops",
+    "device_write_iops": "--device-write-iops",
 }
+THROTTLES = ("device_read_bps", "device_write_bps", "device_read_iops", "device_write_iops")
+
+
+def parse_throttle(value: str, option: str) -> tuple[int, int, int]:
+    """``/dev/vda:1mb`` (bps) or ``/dev/vda:100`` (iops) → (major, minor, value)."""
+    import stat
+
+    path, sep, rate = value.rpartition(":")
+    if not sep or not path:
+        raise SpecError(f"invalid {option} {value!r}: expected DEVICE:RATE, e.g. /dev/sda:1mb")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SpecError(f"invalid {option} {value!r}: {path}: {exc.strerror}") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise SpecError(f"invalid {option} {value!r}: {path} is not a block device")
+    number = parse_int(rate, option, 0) if option.endswith("-iops") else parse_bytes(rate, option)
+    return os.major(st.st_rdev), os.minor(st.st_rdev), number
 
 
 def parse_resources(params: dict[str, Any]) -> Resources:
@@ -230,6 +260,15 @@ def parse_resources(params: dict[str, Any]) -> Resources:
         values["pids_limit"] = -1 if limit == 0 else limit
     if (v := text("blkio_weight")) is not None:
         values["blkio_weight"] = parse_int(v, "--blkio-weight", 10, 1000)
+    for key in THROTTLES:
+        items = params.get(key)
+        if items in (None, [], ""):
+            continue
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise SpecError(f"invalid {OPTION_FIELDS[key]}: expected DEVICE:RATE strings")
+        values[key] = tuple(parse_throttle(i, OPTION_FIELDS[key]) for i in items)
     resources = Resources(**values)
     check_consistent(resources)
     return resources

@@ -165,6 +165,12 @@ class V1Cgroup:
             writes.append(("pids", "pids.max", "max" if r.pids_limit == -1 else str(r.pids_limit)))
         if r.blkio_weight is not None:
             writes.append(("blkio", "blkio.weight", str(r.blkio_weight)))
+        for field, name in (("device_read_bps", "blkio.throttle.read_bps_device"),
+                            ("device_write_bps", "blkio.throttle.write_bps_device"),
+                            ("device_read_iops", "blkio.throttle.read_iops_device"),
+                            ("device_write_iops", "blkio.throttle.write_iops_device")):
+            for major, minor, value in getattr(r, field) or ():
+                writes.append(("blkio", name, f"{major}:{minor} {value}"))
         seen: set[tuple[str, str]] = set()
         for controller, name, value in writes:
             path = self._f(controller, name)

@@ -189,6 +189,7 @@ class V2Cgroup:
         if r.blkio_weight is not None:
             name = "io.bfq.weight" if os.path.exists(self._f("io.bfq.weight")) else "io.weight"
             writes.append((name, str(r.blkio_weight)))
+        writes.extend(("io.max", line) for line in io_max_lines(r))
         for name, value in writes:
             try:
                 write(self._f(name), value)
@@ -271,6 +272,19 @@ class V2Cgroup:
                 self.thaw()
             self.kill()
         rmdir_when_empty(self.path)
+
+
+def io_max_lines(r: Resources) -> list[str]:
+    """One ``MAJ:MIN rbps=N wbps=N riops=N wiops=N`` line per throttled device."""
+    keys = {"device_read_bps": "rbps", "device_write_bps": "wbps",
+            "device_read_iops": "riops", "device_write_iops": "wiops"}
+    per_device: dict[tuple[int, int], list[str]] = {}
+    for field, key in keys.items():
+        for major, minor, value in getattr(r, field) or ():
+            per_device.setdefault((major, minor), []).append(
+                f"{key}={value if value else 'max'}")
+    return [f"{major}:{minor} {' '.join(parts)}"
+            for (major, minor), parts in per_device.items()]
 
 
 def recover(doc: dict[str, Any]) -> None:

@@ -230,6 +230,28 @@ class TestLimits:
         assert limited.call("container.inspect", id="up")["resources"]["memory"] == 128 * MiB
         assert limited("rm", "-f", "up").returncode == 0
 
+    def test_device_throttles_reach_the_kernel(self, limited: Limited) -> None:
+        """--device-read-bps / --device-write-iops become io.max (v2) or
+        blkio.throttle.* (v1) lines for the device's major:minor."""
+        device = _block_device()
+        if device is None:
+            pytest.skip("no block device node in /dev on this machine")
+        path, major_minor = device
+        limited.detached("--name", "io", "--device-read-bps", f"{path}:1mb",
+                         "--device-write-iops", f"{path}:100", "/bin/sleep", "1000")
+        dirs = limited.call("container.inspect", id="io")["cgroup"]
+        if _version(limited) == 2:
+            line = [ln for ln in Path(dirs[0], "io.max").read_text().splitlines()
+                    if ln.startswith(major_minor + " ")]
+            assert line and "rbps=1048576" in line[0] and "wiops=100" in line[0], line
+        else:
+            blkio = next(d for d in dirs if "/blkio/" in d)
+            assert (Path(blkio, "blkio.throttle.read_bps_device").read_text().split()
+                    == [major_minor, "1048576"])
+            assert (Path(blkio, "blkio.throttle.write_iops_device").read_text().split()
+                    == [major_minor, "100"])
+        assert limited("rm", "-f", "io").returncode == 0
+
     def test_cpuset_and_bad_values(self, limited: Limited) -> None:
         """--cpuset-cpus pins the container; bad limits exit 125 with one line naming
         the value, and create nothing."""
@@ -258,6 +280,23 @@ class TestLimits:
         assert limited.call("container.inspect", id="orphan")["status"] == "exited"
         assert not [d for d in cgroup_dirs if os.path.exists(d)]
         assert limited("rm", "orphan").returncode == 0
+
+
+def _block_device() -> tuple[str, str] | None:
+    """A whole-disk block device node (/dev/NAME, "MAJ:MIN"), if the machine has one."""
+    import stat
+
+    for name in sorted(os.listdir("/sys/block")):
+        if name.startswith(("loop", "ram", "zram")):
+            continue
+        node = f"/dev/{name}"
+        try:
+            st = os.stat(node)
+        except OSError:
+            continue
+        if stat.S_ISBLK(st.st_mode):
+            return node, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return None
 
 
 class TestWithoutCgroups:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.cgroup_bench import (
     ADDED,
+    CHILD,
     DIE_EVENT,
     EMIT_TO_RECEIPT,
     LIMITED,
@@ -20,10 +23,12 @@ from bench.cgroup_bench import (
     PLAIN,
     QUICK,
     START_METRIC,
+    TRIGGER,
     Limits,
     LineReader,
     OomRun,
     cgroup_files,
+    child_note,
     drain,
     expected_cgroup_values,
     hog_command,
@@ -40,8 +45,10 @@ from bench.cgroup_bench import (
     podman_event,
     podman_flags,
     poll_interval_us,
+    receive_until,
     start_comparisons,
     start_rows,
+    wait_for_kill,
     with_resources,
 )
 from bench.start_latency import BenchError
@@ -203,13 +210,12 @@ class TestOomSamples:
         assert oom_samples([run], EMIT_TO_RECEIPT) == pytest.approx([0.003])
         assert oom_samples([run], DIE_EVENT) == pytest.approx([0.020])
 
-    def test_early_runs_are_left_out_of_receipt_figures(self) -> None:
-        """An event that was already waiting when the kill was seen has no receipt time
-        worth the name; its own timestamp still counts."""
-        run = oom_run(oom_received=100.0, oom_time=1000.001, early=True)
-        assert oom_samples([run], OOM_EVENT) == []
-        assert oom_samples([run], EMIT_TO_RECEIPT) == []
-        assert oom_samples([run], OOM_EMITTED) == pytest.approx([0.001])
+    def test_event_before_the_seen_kill_is_negative(self) -> None:
+        """The poll sees the kill up to one period late, so an event received in between
+        gives a small negative figure rather than being dropped."""
+        run = oom_run(oom_received=99.9999, oom_time=999.9998)
+        assert oom_samples([run], OOM_EVENT) == pytest.approx([-0.0001])
+        assert oom_samples([run], OOM_EMITTED) == pytest.approx([-0.0002])
 
     def test_rows_without_samples_have_no_value(self) -> None:
         """A metric no run has (no oom event) is a row without value saying so."""
@@ -217,6 +223,18 @@ class TestOomSamples:
         assert row.value is None and row.detail == "no sample in 1 run(s)"
         (row,) = oom_rows("podman", [oom_run(die_received=100.1)], [DIE_EVENT])
         assert row.value == pytest.approx(100.0)
+
+    def test_rows_take_a_metric_prefix(self) -> None:
+        """The child runs' rows are named with the prefix."""
+        (row,) = oom_rows("myctr", [oom_run(oom_received=100.002)], [OOM_EVENT], CHILD)
+        assert row.metric == CHILD + OOM_EVENT and row.value == pytest.approx(2.0)
+
+    def test_child_note_says_when_the_event_came(self) -> None:
+        """Missed runs are counted; a late event (with the exit) is said to be one."""
+        late = child_note([oom_run(oom_late=102.0), oom_run()], 10)
+        assert late.startswith("oom: in 2 of 10 runs a child process was OOM-killed")
+        assert "only with the container's exit, when the bench killed it (1 of 2)" in late
+        assert child_note([oom_run()], 3).endswith("nor when the container was killed")
 
     def test_poll_interval_is_median_per_read(self) -> None:
         """Time to the kill over the reads it took, in microseconds."""
@@ -237,13 +255,8 @@ class TestMyctrEvents:
         run = note_myctr_event(oom_run(), event("c", "oom"), 1, "c", 100.004)
         run = note_myctr_event(run, event("c", "oom", 1000.5), 1, "c", 100.009)
         run = note_myctr_event(run, event("c", "die"), 1, "c", 100.010)
-        assert (run.oom_received, run.oom_time, run.die_received, run.early) == (
-            100.004, 1000.001, 100.010, False)
-
-    def test_already_waiting_event_is_early(self) -> None:
-        """An event drained right after the kill was seen is marked early."""
-        run = note_myctr_event(oom_run(), event("c", "oom"), 1, "c", None)
-        assert run.early and run.oom_received == run.kill_mono
+        assert (run.oom_received, run.oom_time, run.die_received) == (
+            100.004, 1000.001, 100.010)
 
     def test_other_containers_and_responses_are_skipped(self) -> None:
         """Events of other containers and other messages change nothing."""
@@ -285,20 +298,25 @@ class TestPodmanEvents:
         assert run == oom_run()
         run = note_podman_event(run, podman_line("a", "oom"), "a", 100.003)
         run = note_podman_event(run, podman_line("a", "died"), "a", 100.02)
-        assert (run.oom_received, run.die_received, run.early) == (100.003, 100.02, False)
+        assert (run.oom_received, run.die_received) == (100.003, 100.02)
         assert run.oom_time is not None
 
 
 class TestHogCommand:
     def test_waits_for_trigger_then_allocates(self) -> None:
-        """Both hogs read the FIFO first; the probe is exec'd so it is the container's
-        PID 1; without it the shell holds the bytes itself."""
+        """Both hogs read the FIFO first and are exec'd, so the hog is the container's
+        PID 1; without the probe a shell holds the bytes itself."""
         probe = hog_command(True)
         assert probe[:2] == ["/bin/sh", "-c"]
-        assert probe[2].startswith("read x < /trigger/go; ")
-        assert probe[2].endswith("exec /probe alloc 256")
+        assert probe[2] == f"read x < {TRIGGER}; exec /probe alloc 256"
         shell = hog_command(False)[2]
+        assert shell.startswith(f"read x < {TRIGGER}; exec sh -c ")
         assert "head -c 100000000 /dev/zero" in shell and "/probe" not in shell
+
+    def test_child_hog_leaves_the_container_running(self) -> None:
+        """As a child, the hog is not exec'd and the shell sleeps on after it."""
+        script = hog_command(True, child=True)[2]
+        assert script.startswith(f"read x < {TRIGGER}; /probe alloc 256; exec sleep ")
 
 
 class TestStreams:
@@ -331,12 +349,65 @@ class TestStreams:
             theirs.close()
 
 
+class TestWaitForKill:
+    def test_sees_the_counter_and_takes_what_arrives(self, tmp_path: Path) -> None:
+        """The hog is released through the FIFO; whatever the source delivers meanwhile is
+        taken with its receipt time; the wait ends at the read that shows oom_kill grown."""
+        control, fifo = tmp_path / "memory.oom_control", tmp_path / "go"
+        control.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+        os.mkfifo(fifo)
+        r, w = os.pipe()
+
+        def hog() -> None:
+            with fifo.open("rb") as trigger:
+                assert trigger.readline() == b"go\n"
+            os.write(w, b"x")
+            control.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+
+        thread = threading.Thread(target=hog)
+        thread.start()
+        try:
+            kill = wait_for_kill(str(control), fifo, r, lambda at: [(os.read(r, 1), at)])
+        finally:
+            thread.join()
+            os.close(r)
+            os.close(w)
+        assert kill.polls >= 1 and kill.seconds >= 0
+        assert [item for item, _ in kill.pending] == [b"x"]
+        assert kill.pending[0][1] <= kill.mono
+
+    def test_vanished_cgroup_is_a_bench_error(self, tmp_path: Path) -> None:
+        """A control file that cannot be read means the hog's cgroup is gone."""
+        with pytest.raises(BenchError, match="without an OOM kill"):
+            wait_for_kill(str(tmp_path / "gone"), tmp_path / "go", 0, lambda at: [])
+
+
+class TestReceiveUntil:
+    def test_stops_at_the_kind_or_the_timeout(self) -> None:
+        """Events are recorded until the wanted one; with nothing more coming, the wait
+        ends at the timeout and the run is returned as it is."""
+        ours, theirs = socket.socketpair()
+        try:
+            client = Client(ours)
+            theirs.sendall(b"".join(json.dumps(event("c", kind)).encode() + b"\n"
+                                    for kind in ("oom", "die")))
+            run = receive_until(client, 1, "c", oom_run(), "oom", 1.0)
+            assert run.oom_received is not None and run.die_received is None
+            run = receive_until(client, 1, "c", run, "die", 1.0)
+            assert run.die_received is not None
+            assert receive_until(client, 1, "c", oom_run(), "die", 0.01) == oom_run()
+        finally:
+            ours.close()
+            theirs.close()
+
+
 class TestArgs:
     def test_quick_with_overrides(self) -> None:
-        """--quick shrinks the counts; explicit counts win over it."""
-        args = parse_args(["--quick", "--runs", "7"])
-        assert args.sizes == QUICK._replace(runs=7)
+        """--quick shrinks the counts; explicit counts win over it; --gap-ms is in ms."""
+        args = parse_args(["--quick", "--runs", "7", "--gap-ms", "0"])
+        assert args.sizes == QUICK._replace(runs=7, gap_s=0.0)
         assert parse_args(["--only", "oom"]).only == ["oom"]
+        assert parse_args([]).sizes.gap_s == pytest.approx(0.05)
 
     def test_rejects_unknown_section_and_bad_counts(self) -> None:
         """An unknown section or a zero run count is a usage error."""
@@ -344,3 +415,5 @@ class TestArgs:
             parse_args(["--only", "start,nope"])
         with pytest.raises(SystemExit):
             parse_args(["--oom-runs", "0"])
+        with pytest.raises(SystemExit):
+            parse_args(["--gap-ms", "-1"])

@@ -148,3 +148,18 @@ def test_proc_cgroup_and_host_dirs() -> None:
 
 def test_state_tags_differ_per_state_root() -> None:
     assert state_tag("/a") != state_tag("/b") and state_tag("/a").startswith("myctr-")
+
+
+def test_io_max_lines_group_per_device() -> None:
+    from runtime.cgroups.v2 import io_max_lines
+
+    r = Resources(device_read_bps=((8, 0, MiB),), device_write_iops=((8, 0, 100), (8, 16, 0)))
+    assert io_max_lines(r) == ["8:0 rbps=1048576 wiops=100", "8:16 wiops=max"]
+
+
+def test_throttles_need_a_block_device() -> None:
+    with pytest.raises(SpecError, match="/dev/null is not a block device"):
+        parse_resources({"device_read_bps": ["/dev/null:1mb"]})
+    with pytest.raises(SpecError, match="expected DEVICE:RATE"):
+        parse_resources({"device_read_bps": ["1mb"]})
+    assert Resources.from_json({"device_read_bps": [[8, 0, 5]]}).device_read_bps == ((8, 0, 5),)
