@@ -131,15 +131,26 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
     sends Placed and waits for Ready. On failure the child is killed and its pid put
     on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
+    into = _cgroup_fd(cgroup_procs)
     with stdio_for_child(stdio):
-        pid, pidfd = libc.clone3(flags)
+        try:
+            pid, pidfd = libc.clone3(flags, into)
+        except OSError:
+            if into is None:
+                raise
+            os.close(into)  # not a cgroup2 directory: write cgroup.procs instead
+            into = None
+            pid, pidfd = libc.clone3(flags)
         if pid == 0:
             parent_end.close()
             child(child_end)  # never returns
     child_end.close()
     process = InitProcess(pid=pid, pidfd=pidfd, channel=parent_end, ours=ours)
     try:
-        join_cgroups(pid, cgroup_procs)
+        if into is not None:
+            os.close(into)
+        else:
+            join_cgroups(pid, cgroup_procs)
         handshake(process, plan)
     except BaseException as exc:
         process.channel.close()
@@ -164,6 +175,19 @@ def stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
         for fd, source in enumerate(saved):
             os.dup2(source, fd)
             os.close(source)
+
+
+def _cgroup_fd(procs_files: tuple[str, ...]) -> int | None:
+    """With one cgroup (cgroup v2), the child is cloned straight into it
+    (CLONE_INTO_CGROUP): no migration afterwards, whose write lock costs an RCU grace
+    period (~15 ms measured on a v1 host). v1 cgroups are joined by pid instead."""
+    if len(procs_files) != 1:
+        return None
+    try:
+        return os.open(os.path.dirname(procs_files[0]),
+                       os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def join_cgroups(pid: int, procs_files: tuple[str, ...]) -> None:

@@ -214,3 +214,7 @@ def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
 def inotify_add_watch(fd: int, path: str, mask: int = IN_MODIFY) -> int:
     result = _libc.inotify_add_watch(ctypes.c_int(fd), _encode(path), ctypes.c_uint32(mask))
     return _check(result, f"inotify_add_watch {path}")
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)), "inotify_rm_watch")

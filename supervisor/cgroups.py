@@ -4,8 +4,9 @@ events; stats; recovery of what a crashed supervisor left.
 
 The watcher (one task in each run's nursery) waits on
 - cgroup v2: inotify on ``memory.events`` and ``pids.events`` (the kernel's
-  file-modified notification), and a PSI trigger on ``memory.pressure`` where the
-  kernel has PSI (an epoll fd with EPOLLPRI, which trio can wait on as readable);
+  file-modified notification; one inotify instance for the supervisor), and a PSI
+  trigger on ``memory.pressure`` where the kernel has PSI (an epoll fd with EPOLLPRI,
+  which trio can wait on as readable);
 - cgroup v1: an eventfd registered on ``memory.oom_control`` through
   ``cgroup.event_control``, and inotify on ``pids.events``.
 Each wake-up rereads the counters and emits ``oom`` (counters: low, high, max, oom,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -109,23 +111,69 @@ class CgroupManager:
             cg.clear_state(self.run_dir)
 
 
+class Inotify:
+    """One inotify instance for the whole supervisor. Closing an inotify fd waits for
+    a kernel grace period (5-15 ms measured here), which a per-run instance would pay
+    on the event loop at every container exit; one shared instance never closes.
+    Watches vanish by themselves when their cgroup is removed."""
+
+    def __init__(self) -> None:
+        self.fd = libc.inotify_init1()
+        self.callbacks: dict[int, Callable[[], None]] = {}
+
+    def add(self, path: str, callback: Callable[[], None]) -> int | None:
+        try:
+            wd = libc.inotify_add_watch(self.fd, path)
+        except OSError:
+            return None
+        self.callbacks[wd] = callback
+        return wd
+
+    def remove(self, wd: int) -> None:
+        self.callbacks.pop(wd, None)
+        with contextlib.suppress(OSError):  # gone with its cgroup already
+            libc.inotify_rm_watch(self.fd, wd)
+
+    async def run(self) -> None:
+        """Dispatch events to their watch's callback, forever."""
+        header = struct.Struct("iIII")
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset + header.size <= len(data):
+                wd, _mask, _cookie, length = header.unpack_from(data, offset)
+                offset += header.size + length
+                callback = self.callbacks.get(wd)
+                if callback is not None:
+                    callback()
+
+
 class Watcher:
     """The cgroup watcher of one run: :meth:`run` waits for notifications until
     cancelled; :meth:`check` compares the counters with the last reading and emits
     what changed (the engine calls it once more after the init exited, so nothing
     that happened just before the exit goes unreported)."""
 
-    def __init__(self, handle: Any, version: int, emit: Emit) -> None:
+    def __init__(self, handle: Any, version: int, emit: Emit, inotify: Inotify,
+                 close_later: Callable[[list[int]], None]) -> None:
         self.handle = handle
         self.version = version
         self.emit = emit
+        self.inotify = inotify
+        self.close_later = close_later
         self.memory = handle.memory_events()
         self.pids = handle.pids_events()
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Emit what changed since the last reading; True when an oom was emitted."""
         now = self.handle.memory_events()
-        if now.get("oom_kill", 0) > self.memory.get("oom_kill", 0) or now.get(
-                "oom", 0) > self.memory.get("oom", 0):
+        oom = now.get("oom_kill", 0) > self.memory.get("oom_kill", 0) or now.get(
+            "oom", 0) > self.memory.get("oom", 0)
+        if oom:
             self.emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
                                                            "oom_kill")})
         self.memory = now
@@ -133,44 +181,69 @@ class Watcher:
         if pids.get("max", 0) > self.pids.get("max", 0):
             self.emit("pids.max", max=pids.get("max", 0))
         self.pids = pids
+        return oom
 
     async def run(self) -> None:
-        inotify = libc.inotify_init1()
-        epoll = select.epoll()
+        wake_send, wake_receive = trio.open_memory_channel[None](1)
+
+        def wake() -> None:
+            with contextlib.suppress(trio.WouldBlock):
+                wake_send.send_nowait(None)
+
+        wds = [wd for wd in (self.inotify.add(p, wake) for p in self.handle.event_files)
+               if wd is not None]
         owned: list[int] = []
-        psi_fds: set[int] = set()
         try:
-            for path in self.handle.event_files:
-                with contextlib.suppress(OSError):
-                    libc.inotify_add_watch(inotify, path)
-            epoll.register(inotify, select.EPOLLIN)
-            if self.version == 1:
-                efd = _v1_oom_eventfd(self.handle)
-                if efd is not None:
-                    owned.append(efd)
-                    epoll.register(efd, select.EPOLLIN)
-            else:
-                psi = _psi_trigger(os.path.join(self.handle.path, "memory.pressure"))
-                if psi is not None:
-                    owned.append(psi)
-                    psi_fds.add(psi)
-                    epoll.register(psi, select.EPOLLPRI)
+            async with trio.open_nursery() as nursery:
+                if self.version == 1:
+                    efd = _v1_oom_eventfd(self.handle)
+                    if efd is not None:
+                        owned.append(efd)
+                        nursery.start_soon(self._v1_oom, efd)
+                else:
+                    psi = _psi_trigger(os.path.join(self.handle.path, "memory.pressure"))
+                    if psi is not None:
+                        owned.append(psi)
+                        nursery.start_soon(self._pressure, psi)
+                async for _ in wake_receive:
+                    self.check()
+        finally:
+            for wd in wds:
+                self.inotify.remove(wd)
+            if owned:  # a PSI trigger's close waits for an RCU grace period
+                self.close_later(owned)
+
+    async def _v1_oom(self, efd: int) -> None:
+        """v1 signals the eventfd when the cgroup goes out of memory, a moment before
+        the kill is counted in memory.oom_control: wait (up to 100 ms) for the count,
+        and report the OOM even if no kill follows (oom_kill_disable)."""
+        while True:
+            await trio.lowlevel.wait_readable(efd)
+            with contextlib.suppress(BlockingIOError):
+                os.read(efd, 8)
+            kills = self.memory.get("oom_kill", 0)
+            with trio.move_on_after(0.1):
+                while self.handle.memory_events().get("oom_kill", 0) <= kills:
+                    await trio.sleep(0.0005)
+            if not self.check():
+                now = self.handle.memory_events()
+                self.emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
+                                                               "oom_kill")})
+
+    async def _pressure(self, fd: int) -> None:
+        """A PSI trigger signals POLLPRI, which trio's epoll does not watch: wait on an
+        epoll instance of our own (readable when the trigger fires)."""
+        epoll = select.epoll()
+        try:
+            epoll.register(fd, select.EPOLLPRI)
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _mask in epoll.poll(0):
-                    if fd in psi_fds:
-                        self.emit("memory.pressure", trigger=PSI_TRIGGER.decode(),
-                                  pressure=_read_pressure(self.handle.path))
-                    else:
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(fd, 65536)  # drain inotify events / the eventfd
-                self.check()
+                if epoll.poll(0):
+                    self.emit("memory.pressure", trigger=PSI_TRIGGER.decode(),
+                              pressure=_read_pressure(self.handle.path))
+                    await trio.sleep(1.0)  # a trigger fires at most once per window anyway
         finally:
             epoll.close()
-            os.close(inotify)
-            for fd in owned:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
 
 
 def _v1_oom_eventfd(handle: Any) -> int | None:

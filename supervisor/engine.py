@@ -25,7 +25,7 @@ from runtime.log import get_logger
 from runtime.paths import StatePaths
 from runtime.spec import ContainerSpec
 from supervisor import prepare as preparing
-from supervisor.cgroups import CgroupManager, Watcher
+from supervisor.cgroups import CgroupManager, Inotify, Watcher
 from supervisor.events import EventLog
 from supervisor.logfile import LogWriter, log_files, parse_log_opts
 from supervisor.restart import (
@@ -103,6 +103,8 @@ class Supervisor:
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
         self.cgroups = CgroupManager(paths)
+        self.inotify = Inotify()
+        nursery.start_soon(self.inotify.run)
 
     def our_pids(self) -> list[int]:
         return [os.getpid(), self.spawner.zygote_pid]
@@ -318,7 +320,8 @@ class Supervisor:
         watcher = None
         if group is not None:
             watcher = Watcher(group, self.cgroups.version or 2,
-                              lambda type, **attrs: self._emit(c, type, **attrs))
+                              lambda type, **attrs: self._emit(c, type, **attrs),
+                              self.inotify, self._close_later)
         watching = trio.CancelScope()
         oom_killed = False
         try:
@@ -353,6 +356,11 @@ class Supervisor:
                 await self._drop_cgroup(c)
         self._exit(c, code, oom_killed)
         return code
+
+    def _close_later(self, fds: list[int]) -> None:
+        """Close fds in a worker thread, off the event loop (some closes wait for the
+        kernel), without anyone waiting for it."""
+        self.nursery.start_soon(trio.to_thread.run_sync, close_quietly, *fds)
 
     async def _watch_cgroup(self, c: Container, watcher: Watcher,
                             scope: trio.CancelScope) -> None:

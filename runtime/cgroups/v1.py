@@ -62,8 +62,9 @@ class V1Driver:
         return None
 
     def describe(self) -> dict[str, Any]:
+        controllers = self.controllers if self.ready else set(self.dirs)
         return {"version": 1, "base": sorted(set(self.dirs.values())),
-                "controllers": sorted(self._names(self.controllers)),
+                "controllers": sorted(self._names(controllers)),
                 "problem": self.problem()}
 
     @staticmethod

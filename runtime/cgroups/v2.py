@@ -60,7 +60,14 @@ class V2Driver:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"version": 2, "base": self.base, "controllers": sorted(self.controllers),
+        controllers = self.controllers
+        if not self.ready:  # not set up yet (first container): what could be had
+            try:
+                available = read(os.path.join(self.own_dir, "cgroup.controllers")).split()
+            except OSError:
+                available = []
+            controllers = set(WANTED_V2) & set(available)
+        return {"version": 2, "base": self.base, "controllers": sorted(controllers),
                 "problem": self.problem() or self._missing_reason()}
 
     def _missing_reason(self) -> str | None:
