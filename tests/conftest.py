@@ -16,6 +16,8 @@ VM_HARNESS = next((p for p in _CANDIDATES if p and os.path.exists(f"{p}/pytest_v
 
 if VM_HARNESS is not None:
     sys.path.insert(0, VM_HARNESS)
+    # The VM has no disk: the io throttle test makes a loop device there.
+    os.environ.setdefault("VM_MODULES", "loop")
     pytest_plugins = ["pytest_vm"]
 
     def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

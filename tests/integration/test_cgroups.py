@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -233,24 +234,28 @@ class TestLimits:
     def test_device_throttles_reach_the_kernel(self, limited: Limited) -> None:
         """--device-read-bps / --device-write-iops become io.max (v2) or
         blkio.throttle.* (v1) lines for the device's major:minor."""
-        device = _block_device()
+        device = _block_device() or _loop_device(limited.state_root)
         if device is None:
-            pytest.skip("no block device node in /dev on this machine")
+            pytest.skip("no block device on this machine and losetup could not make one")
         path, major_minor = device
-        limited.detached("--name", "io", "--device-read-bps", f"{path}:1mb",
-                         "--device-write-iops", f"{path}:100", "/bin/sleep", "1000")
-        dirs = limited.call("container.inspect", id="io")["cgroup"]
-        if _version(limited) == 2:
-            line = [ln for ln in Path(dirs[0], "io.max").read_text().splitlines()
-                    if ln.startswith(major_minor + " ")]
-            assert line and "rbps=1048576" in line[0] and "wiops=100" in line[0], line
-        else:
-            blkio = next(d for d in dirs if "/blkio/" in d)
-            assert (Path(blkio, "blkio.throttle.read_bps_device").read_text().split()
-                    == [major_minor, "1048576"])
-            assert (Path(blkio, "blkio.throttle.write_iops_device").read_text().split()
-                    == [major_minor, "100"])
-        assert limited("rm", "-f", "io").returncode == 0
+        try:
+            limited.detached("--name", "io", "--device-read-bps", f"{path}:1mb",
+                             "--device-write-iops", f"{path}:100", "/bin/sleep", "1000")
+            dirs = limited.call("container.inspect", id="io")["cgroup"]
+            if _version(limited) == 2:
+                line = [ln for ln in Path(dirs[0], "io.max").read_text().splitlines()
+                        if ln.startswith(major_minor + " ")]
+                assert line and "rbps=1048576" in line[0] and "wiops=100" in line[0], line
+            else:
+                blkio = next(d for d in dirs if "/blkio/" in d)
+                assert (Path(blkio, "blkio.throttle.read_bps_device").read_text().split()
+                        == [major_minor, "1048576"])
+                assert (Path(blkio, "blkio.throttle.write_iops_device").read_text().split()
+                        == [major_minor, "100"])
+            assert limited("rm", "-f", "io").returncode == 0
+        finally:
+            if path.startswith("/dev/loop"):
+                subprocess.run(["losetup", "-d", path], check=False)
 
     def test_cpuset_and_bad_values(self, limited: Limited) -> None:
         """--cpuset-cpus pins the container; bad limits exit 125 with one line naming
@@ -297,6 +302,19 @@ def _block_device() -> tuple[str, str] | None:
         if stat.S_ISBLK(st.st_mode):
             return node, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     return None
+
+
+def _loop_device(workdir: Path) -> tuple[str, str] | None:
+    """A loop device over a small file (the VM has no disk), or None."""
+    backing = workdir / "loop.img"
+    backing.write_bytes(b"\0" * (1 << 20))
+    made = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                          text=True, check=False)
+    if made.returncode != 0:
+        return None
+    node = made.stdout.strip()
+    rdev = os.stat(node).st_rdev
+    return node, f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
 class TestWithoutCgroups:
