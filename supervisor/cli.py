@@ -125,6 +125,9 @@ def _run_options(f: Any) -> Any:
         click.option("--restart-max-delay", type=float, default=60.0, show_default=True,
                      help="Cap of the restart delay in seconds."),
         click.option("--log-opt", multiple=True, help="max-size=10m, max-file=3."),
+        click.option("--cgroups", "cgroups", type=click.Choice(["enabled", "disabled"]),
+                     default="enabled", show_default=True,
+                     help="disabled: no cgroup for this container (no limits, pause, stats)."),
         click.argument("command", nargs=-1, required=True),
     ]
     for option in reversed(options):
@@ -148,6 +151,8 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
         "restart": opts["restart"], "restart_delay": opts["restart_delay"],
         "restart_max_delay": opts["restart_max_delay"],
     }
+    if opts["cgroups"] != "enabled":
+        params["cgroups"] = opts["cgroups"]
     resources = _resources(opts)
     if resources:
         params["resources"] = resources

@@ -295,7 +295,7 @@ class Supervisor:
 
     async def _make_cgroup(self, c: Container) -> Any:
         """This run's cgroup, with the container's limits (None: no cgroups here)."""
-        if not self.cgroups.ready(self.our_pids()):
+        if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
             return None
         group = self.cgroups.handle(c.id)
         await trio.to_thread.run_sync(group.create, c.options.resources)

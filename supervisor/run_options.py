@@ -31,6 +31,7 @@ class CreateOptions(NamedTuple):
     uid_mappings: tuple[IdMapping, ...]
     gid_mappings: tuple[IdMapping, ...]
     resources: Resources = Resources()
+    cgroups: bool = True  # podman's --cgroups=enabled|disabled
 
 
 def find_init(explicit: str | None) -> str:
@@ -128,6 +129,16 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
     restart = RestartPolicy.parse(_string(params, "restart", "no") or "no")
     backoff = Backoff(initial=_seconds(params, "restart_delay", 0.1),
                       max_delay=_seconds(params, "restart_max_delay", 60.0))
+    resources_doc = params.get("resources") or {}
+    if not isinstance(resources_doc, dict):
+        raise SpecError("invalid params: 'resources' must be an object")
+    resources = parse_resources(resources_doc)
+    cgroups_mode = _string(params, "cgroups", "enabled")
+    if cgroups_mode not in ("enabled", "disabled"):
+        raise SpecError(f"invalid --cgroups {cgroups_mode!r}: supported are enabled and disabled")
+    cgroups = cgroups_mode == "enabled"
+    if not cgroups and resources.any():
+        raise SpecError("--cgroups=disabled cannot be used with resource limits")
     log_opts = tuple(_strings(params, "log_opts"))
     _check_log_opts(log_opts)
     request = RunRequest(
@@ -155,7 +166,8 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
         request=request, name=name, auto_remove=_flag(params, "auto_remove"),
         interactive=_flag(params, "interactive"), restart=restart, backoff=backoff,
         log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,
-        resources=parse_resources(params.get("resources") or {}),
+        resources=resources,
+        cgroups=cgroups,
     )
 
 

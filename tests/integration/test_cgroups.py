@@ -270,7 +270,13 @@ class TestLimits:
             result = limited("run", "--rm", "--rootfs", str(limited.rootfs), *args, "/bin/true")
             assert result.returncode == 125, result
             assert text in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        both = limited("run", "--rm", "--cgroups", "disabled", "-m", "32m",
+                       "--rootfs", str(limited.rootfs), "/bin/true")
+        assert both.returncode == 125 and "--cgroups=disabled" in both.stderr, both
         assert json.loads(limited("ps", "-a", "--format", "json").stdout) == []
+        limited.detached("--name", "free", "--cgroups", "disabled", "/bin/sleep", "1000")
+        assert limited.call("container.inspect", id="free")["cgroup"] is None
+        assert limited("rm", "-f", "free").returncode == 0
 
     def test_crashed_supervisor_leaves_no_cgroup(self, limited: Limited) -> None:
         """After kill -9 of the supervisor, the next one removes the container cgroups
