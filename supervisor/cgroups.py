@@ -42,7 +42,7 @@ Emit = Callable[..., None]
 class CgroupManager:
     def __init__(self, paths: StatePaths) -> None:
         self.run_dir = paths.run
-        self.tag = cg.state_tag(paths.base)
+        self.tag = cg.state_tag(paths.base or paths.data)
         self.driver: Any = None
         self.why: str | None = None
         try:

@@ -524,8 +524,10 @@ class Supervisor:
         t0 = time.monotonic()
         if interval > 0:
             await trio.sleep(interval)
-        second = await trio.to_thread.run_sync(group.stats) if interval > 0 else first
-        seconds = time.monotonic() - t0
+        second = first
+        if interval > 0 and c.cgroup is group:  # else that run ended meanwhile
+            second = await trio.to_thread.run_sync(group.stats)
+        seconds = time.monotonic() - t0 if second is not first else 0.0
         return {**second, "cpu_percent": cpu_percent(first, second, seconds),
                 "memory_limit": second["memory_limit"] or _host_memory()}
 

@@ -163,3 +163,14 @@ def test_throttles_need_a_block_device() -> None:
     with pytest.raises(SpecError, match="expected DEVICE:RATE"):
         parse_resources({"device_read_bps": ["1mb"]})
     assert Resources.from_json({"device_read_bps": [[8, 0, 5]]}).device_read_bps == ((8, 0, 5),)
+
+
+def test_default_state_paths_have_a_cgroup_tag() -> None:
+    """Without --root the state root has no base dir: the tag comes from the data dir
+    (the demo's default paths crashed the supervisor once)."""
+    from runtime.paths import StatePaths
+    from supervisor.cgroups import CgroupManager
+
+    paths = StatePaths.default(environ={}, uid=0)
+    assert paths.base is None
+    assert CgroupManager(paths).tag == state_tag(paths.data)
