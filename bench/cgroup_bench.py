@@ -19,7 +19,7 @@ Sections::
             that runs on. podman's ``podman events`` stream beside it where podman reports
             the OOM (its first run waits 5 s for that; its died event is timed regardless)
 
-Both sections run in :mod:`bench.supervisor_bench`'s set-up, whose pieces this imports: one
+Both sections run in :mod:`bench.supervisor_bench`'s set-up (its ``open_bench``): one
 supervisor (``myctr --root WORK/myctr supervise --detach``, stopped with
 ``supervisor.shutdown``), a private mount namespace with a tmpfs over
 /sys/fs/cgroup/unified on a hybrid-cgroup host (crun refuses hybrid mode), the tools that
@@ -36,32 +36,25 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.start_latency import (
-    PODMAN_HOST_DIRS,
     BenchError,
     Tool,
     format_ratio,
-    is_hybrid_cgroup,
-    mount_points,
-    open_namespaces,
     percentile,
     ratio,
-    remove_cgroups,
-    remove_created_dirs,
-    remove_leftover_containers,
-    remove_work,
+    report_failure,
     round_robin_order,
     run_tool,
     write_bundle,
@@ -73,20 +66,19 @@ from bench.supervisor_bench import (
     Row,
     Section,
     Sizes,
+    Supervisor,
     check_output,
     comparison,
     delete_oci,
-    find_tools,
-    format_section,
     oci_config,
-    open_supervisor,
+    open_bench,
+    print_report,
     remove_myctr,
-    remove_podman_containers,
     run_all,
     run_and_wait,
-    section_json,
     summary_detail,
     summary_of,
+    tool_names,
     value_of,
     works,
 )
@@ -938,52 +930,31 @@ def remove_nested_cgroups(prefix: str, notes: list[str]) -> None:
 def benchmark(sizes: CgroupSizes, only: Sequence[str], notes: list[str]) -> list[Section]:
     if os.geteuid() != 0:
         raise BenchError("the bench needs root (cgroups, crun/runc bundles, podman)")
-    myctr = Path(sys.executable).with_name("myctr")
-    if not myctr.exists():
-        raise BenchError(f"{myctr} not found: run make deps")
     prefix = f"myctr-cbench-{os.getpid()}"
-    hybrid = is_hybrid_cgroup(mount_points(Path("/proc/self/mountinfo").read_text()))
-    with contextlib.ExitStack() as stack:
-        work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-        stack.callback(remove_work, work)
-        # conmon writes an `oom` file into its working directory (the caller's): keep it here
-        stack.callback(os.chdir, os.getcwd())
-        os.chdir(work)
-        created = [d for d in PODMAN_HOST_DIRS if not os.path.exists(d)]
-        stack.callback(remove_created_dirs, created, notes)
-        stack.callback(remove_nested_cgroups, prefix, notes)
-        stack.callback(remove_cgroups, prefix)
-        (work / "stderr").mkdir()
-        rootfs = work / "rootfs"
-        check_output([str(myctr), "rootfs", "bootstrap", "busybox", str(rootfs)], "bootstrap")
-        probe = PROBE.is_file()
+    probe = PROBE.is_file()
+    trigger = Path("trigger", "go")  # a FIFO, below the work dir
+    driver: dict[str, Any] = {}
+
+    def prepare(work: Path, rootfs: Path) -> None:
         if probe:
             shutil.copy2(PROBE, rootfs / "probe")
-        trigger = work / "trigger" / "go"
-        trigger.parent.mkdir()
-        os.mkfifo(trigger, 0o600)
-        namespaces = stack.enter_context(open_namespaces(hide_unified=hybrid))
-        if hybrid:
-            notes.append("hybrid cgroups: everything ran in a private mount namespace with a "
-                         "tmpfs over /sys/fs/cgroup/unified")
-        stack.callback(remove_leftover_containers, work, notes)
-        root = work / "myctr"
-        stack.callback(check_supervisor_cgroups, root, notes)
-        sup = stack.enter_context(open_supervisor(str(myctr), root, notes))
-        driver = sup.client.call("info").get("cgroups") or {}
+        (work / trigger).parent.mkdir()
+        os.mkfifo(work / trigger, 0o600)
+
+    def check_driver(sup: Supervisor) -> None:
+        driver.update(sup.client.call("info").get("cgroups") or {})
         if not driver.get("usable"):
             raise BenchError(f"myctr has no usable cgroups here: {driver.get('problem')}")
-        spec_tool = shutil.which("crun") or shutil.which("runc")
-        bench = Bench(work, rootfs, str(myctr), prefix, Sizes(runs=sizes.runs,
-                                                              warmup=sizes.warmup),
-                      notes, namespaces, sup, spec_tool)
-        find_tools(bench)
-        if bench.podman:
-            stack.callback(remove_podman_containers, bench.podman, notes)
-        extra = Extra(sizes, probe, trigger)
-        found = ["myctr", *(o.name for o in bench.oci), *(["podman"] if bench.podman else [])]
-        progress(f"tools: {', '.join(found)}; cgroup driver v{driver.get('version')}; "
-                 f"work dir {work}")
+
+    # chdir: conmon writes an `oom` file into its working directory (the caller's)
+    with open_bench(prefix, Sizes(runs=sizes.runs, warmup=sizes.warmup), notes, chdir=True,
+                    prepare=prepare,
+                    remove_more_cgroups=functools.partial(remove_nested_cgroups, prefix, notes),
+                    after_supervisor=functools.partial(check_supervisor_cgroups, notes=notes),
+                    check_supervisor=check_driver) as bench:
+        extra = Extra(sizes, probe, bench.work / trigger)
+        progress(f"tools: {', '.join(tool_names(bench))}; cgroup driver "
+                 f"v{driver.get('version')}; work dir {bench.work}")
         sections = []
         for name in (n for n in SECTIONS if n in only):
             progress(f"{name} ...")
@@ -1033,18 +1004,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sections = benchmark(args.sizes, args.only, notes)
     except (BenchError, ContainerError) as exc:
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"sizes": args.sizes._asdict(), "limits": LIMITS._asdict(),
-                          "sections": {s.name: section_json(s) for s in sections},
-                          "notes": notes}, indent=2))
-        return 0
-    print("\n\n".join(format_section(list(SECTIONS).index(s.name) + 1, s) for s in sections))
-    for note in notes:
-        print(f"note: {note}")
+        return report_failure(exc, notes)
+    print_report(sections, list(SECTIONS), notes,
+                 {"sizes": args.sizes._asdict(), "limits": LIMITS._asdict()} if args.json
+                 else None)
     return 0
 
 

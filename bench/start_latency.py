@@ -401,6 +401,14 @@ def remove_work(work: Path) -> None:
     shutil.rmtree(work)
 
 
+def report_failure(exc: Exception, notes: Sequence[str]) -> int:
+    """A bench's failure on stderr, after the notes gathered until then; main's exit status."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"bench failed: {exc}", file=sys.stderr)
+    return 1
+
+
 def benchmark(runs: int, warmup: int, notes: list[str]) -> list[Summary]:
     if os.geteuid() != 0:
         raise BenchError("the bench needs root (crun/runc bundles, podman, the cgroup tmpfs)")
@@ -449,10 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summaries = benchmark(args.runs, args.warmup, notes)
     except BenchError as exc:
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
+        return report_failure(exc, notes)
     if args.json:
         report = {
             "runs": args.runs,

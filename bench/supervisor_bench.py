@@ -65,6 +65,7 @@ from bench.start_latency import (
     remove_created_dirs,
     remove_leftover_containers,
     remove_work,
+    report_failure,
     round_robin_order,
     run_tool,
     write_bundle,
@@ -168,6 +169,19 @@ def format_section(number: int, section: Section) -> str:
         verdict = "n/a" if met is None else "met" if met else "MISSED"
         lines.append(f"   target: {text}: {verdict}")
     return "\n".join(lines)
+
+
+def print_report(sections: Sequence[Section], names: Sequence[str], notes: Sequence[str],
+                 head: dict[str, Any] | None = None) -> None:
+    """The sections as tables, numbered by their place in ``names``, then the notes; with
+    ``head`` (--json), one JSON object instead: head's keys, the sections, the notes."""
+    if head is not None:
+        print(json.dumps({**head, "sections": {s.name: section_json(s) for s in sections},
+                          "notes": list(notes)}, indent=2))
+        return
+    print("\n\n".join(format_section(list(names).index(s.name) + 1, s) for s in sections))
+    for note in notes:
+        print(f"note: {note}")
 
 
 def section_json(section: Section) -> dict[str, Any]:
@@ -969,36 +983,74 @@ def remove_podman_containers(podman: Podman, notes: list[str]) -> None:
         check_output(podman.argv("rm", "-f", "-t", "0", *left), "podman rm")
 
 
-def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Section]:
-    if os.geteuid() != 0:
-        raise BenchError("the bench needs root (crun/runc bundles, podman, the cgroup tmpfs)")
+def tool_names(bench: Bench) -> list[str]:
+    """The tools that run here, myctr first."""
+    return ["myctr", *(o.name for o in bench.oci), *(["podman"] if bench.podman else [])]
+
+
+@contextlib.contextmanager
+def open_bench(prefix: str, sizes: Sizes, notes: list[str], *, chdir: bool = False,
+               prepare: Callable[[Path, Path], None] | None = None,
+               remove_more_cgroups: Callable[[], None] | None = None,
+               after_supervisor: Callable[[Path], None] | None = None,
+               check_supervisor: Callable[[Supervisor], None] | None = None) -> Iterator[Bench]:
+    """The world a bench runs in, as a :class:`Bench` whose tools are found: a temp work
+    dir ``/tmp/PREFIX-*``, a busybox rootfs in it, the private mount namespace of a hybrid
+    host, a supervisor under WORK/myctr. Whatever happens, it is all undone in reverse:
+    podman's containers in the bench's store, the supervisor, crun/runc state left in the
+    work dir, the namespace, the ``PREFIX*`` cgroups, PODMAN_HOST_DIRS it had to create,
+    the work dir.
+
+    A bench's extras, each at its place in that order: ``chdir`` makes the work dir the
+    working directory until the end; ``prepare(work, rootfs)`` runs after the bootstrap,
+    before the namespace; ``remove_more_cgroups()`` runs after the ``PREFIX*`` cgroups
+    are removed; ``after_supervisor(root)`` once the supervisor stopped (or failed to
+    start); ``check_supervisor(sup)`` as soon as it answers, before the tools are tried.
+    """
     myctr = Path(sys.executable).with_name("myctr")
     if not myctr.exists():
         raise BenchError(f"{myctr} not found: run make deps")
-    prefix = f"myctr-sbench-{os.getpid()}"
     hybrid = is_hybrid_cgroup(mount_points(Path("/proc/self/mountinfo").read_text()))
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
         stack.callback(remove_work, work)
+        if chdir:
+            stack.callback(os.chdir, os.getcwd())
+            os.chdir(work)
         created = [d for d in PODMAN_HOST_DIRS if not os.path.exists(d)]
         stack.callback(remove_created_dirs, created, notes)
+        if remove_more_cgroups is not None:
+            stack.callback(remove_more_cgroups)
         stack.callback(remove_cgroups, prefix)
         (work / "stderr").mkdir()
         rootfs = work / "rootfs"
         check_output([str(myctr), "rootfs", "bootstrap", "busybox", str(rootfs)], "bootstrap")
+        if prepare is not None:
+            prepare(work, rootfs)
         namespaces = stack.enter_context(open_namespaces(hide_unified=hybrid))
         if hybrid:
             notes.append("hybrid cgroups: everything ran in a private mount namespace with a "
                          "tmpfs over /sys/fs/cgroup/unified")
         stack.callback(remove_leftover_containers, work, notes)
-        sup = stack.enter_context(open_supervisor(str(myctr), work / "myctr", notes))
+        root = work / "myctr"
+        if after_supervisor is not None:
+            stack.callback(after_supervisor, root)
+        sup = stack.enter_context(open_supervisor(str(myctr), root, notes))
+        if check_supervisor is not None:
+            check_supervisor(sup)
         spec_tool = shutil.which("crun") or shutil.which("runc")
         bench = Bench(work, rootfs, str(myctr), prefix, sizes, notes, namespaces, sup, spec_tool)
         find_tools(bench)
         if bench.podman:
             stack.callback(remove_podman_containers, bench.podman, notes)
-        found = ["myctr", *(o.name for o in bench.oci), *(["podman"] if bench.podman else [])]
-        progress(f"tools: {', '.join(found)}; work dir {work}")
+        yield bench
+
+
+def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Section]:
+    if os.geteuid() != 0:
+        raise BenchError("the bench needs root (crun/runc bundles, podman, the cgroup tmpfs)")
+    with open_bench(f"myctr-sbench-{os.getpid()}", sizes, notes) as bench:
+        progress(f"tools: {', '.join(tool_names(bench))}; work dir {bench.work}")
         results = {}
         for name in (n for n in RUN_ORDER if n in only):
             progress(f"{name} ...")
@@ -1028,18 +1080,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sections = benchmark(sizes, args.only, notes)
     except BenchError as exc:
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"sizes": sizes._asdict(), "quick": args.quick,
-                          "sections": {s.name: section_json(s) for s in sections},
-                          "notes": notes}, indent=2))
-        return 0
-    print("\n\n".join(format_section(list(SECTIONS).index(s.name) + 1, s) for s in sections))
-    for note in notes:
-        print(f"note: {note}")
+        return report_failure(exc, notes)
+    print_report(sections, list(SECTIONS), notes,
+                 {"sizes": sizes._asdict(), "quick": args.quick} if args.json else None)
     return 0
 
 
