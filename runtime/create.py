@@ -9,6 +9,7 @@ Any failure kills and reaps the init before the error propagates.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -135,8 +136,8 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
     with stdio_for_child(stdio):
         try:
             pid, pidfd = libc.clone3(flags, into)
-        except OSError:
-            if into is None:
+        except OSError as exc:  # EBADF/EINVAL/EOPNOTSUPP: not a cgroup2 dir we can use
+            if into is None or exc.errno not in (errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
             os.close(into)  # not a cgroup2 directory: write cgroup.procs instead
             into = None

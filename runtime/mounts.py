@@ -137,6 +137,10 @@ def apply_mount(root: str, mount: Mount) -> None:
         libc.mount(mount.source, target, None, opts.flags & (libc.MS_BIND | libc.MS_REC))
         if opts.remount_flags:
             remount_bind(target, opts.remount_flags)
+            if opts.flags & libc.MS_REC and opts.remount_flags & libc.MS_RDONLY:
+                # rbind,ro: every submount too (say /sys/fs/cgroup below a bound /sys,
+                # where a rootless container's root could write its user's cgroups)
+                libc.mount_setattr_rdonly_recursive(target)
     else:
         make_mountpoint(target, True)
         libc.mount(mount.source or mount.type, target, mount.type, opts.flags, opts.data or None)

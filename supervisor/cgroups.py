@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ import trio
 from runtime import cgroups as cg
 from runtime import libc
 from runtime.cgroups.limits import Resources
-from runtime.errors import SpecError
+from runtime.errors import ContainerError, SpecError
 from runtime.log import get_logger
 from runtime.paths import StatePaths
 
@@ -45,6 +46,7 @@ class CgroupManager:
         self.tag = cg.state_tag(paths.base or paths.data)
         self.driver: Any = None
         self.why: str | None = None
+        self.setup_lock = threading.Lock()
         try:
             self.driver = cg.detect(self.tag)
             self.why = self.driver.problem()
@@ -56,16 +58,18 @@ class CgroupManager:
         return self.driver.version if self.driver is not None else None
 
     def ready(self, our_pids: list[int]) -> bool:
-        """Set the driver up (once); False when this process cannot have cgroups."""
+        """Set the driver up (once; from the event loop or a worker thread); False when
+        this process cannot have cgroups."""
         if self.driver is None or self.why is not None:
             return False
-        if not self.driver.ready:
-            try:
-                self.driver.setup(our_pids)
-            except (cg.Unavailable, OSError) as exc:
-                self.why = f"cgroup setup failed: {exc}"
-                return False
-            cg.save_state(self.run_dir, self.driver.state())
+        with self.setup_lock:
+            if not self.driver.ready:
+                try:
+                    self.driver.setup(our_pids)
+                    cg.save_state(self.run_dir, self.driver.state())
+                except (cg.Unavailable, OSError) as exc:
+                    self.why = f"cgroup setup failed: {exc}"
+                    return False
         return True
 
     def usable(self) -> set[str]:
@@ -101,7 +105,7 @@ class CgroupManager:
 
         try:
             (v2 if doc.get("version") == 2 else v1).recover(doc)
-        except OSError as exc:
+        except (OSError, ContainerError) as exc:
             log.warning("stale cgroups could not all be removed", error=str(exc))
         cg.clear_state(self.run_dir)
 
@@ -165,8 +169,9 @@ class Watcher:
         self.emit = emit
         self.inotify = inotify
         self.close_later = close_later
-        self.memory = handle.memory_events()
-        self.pids = handle.pids_events()
+        # The run's cgroup is new: every count since it was made is this run's.
+        self.memory: dict[str, int] = {}
+        self.pids: dict[str, int] = {}
 
     def check(self) -> bool:
         """Emit what changed since the last reading; True when an oom was emitted."""
@@ -250,8 +255,11 @@ def _v1_oom_eventfd(handle: Any) -> int | None:
     control, event_control = handle.oom_control_path(), handle.event_control_path()
     if control is None or event_control is None:
         return None
+    try:
+        ofd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
     efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    ofd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
     try:
         cg.write(event_control, f"{efd} {ofd}")
     except OSError:

@@ -19,7 +19,7 @@ import trio
 
 from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, process_start_time
-from runtime.errors import Conflict, ContainerError, SpecError
+from runtime.errors import Conflict, ContainerError, HostError, SpecError
 from runtime.init import InitConfig
 from runtime.log import get_logger
 from runtime.paths import StatePaths
@@ -78,6 +78,7 @@ class Container:
         self.exited = trio.Event()
         self.finished = trio.Event()  # the task tree ended (no restart due)
         self.cgroup: Any = None  # the current run's cgroup handle, if it has one
+        self.update_lock = trio.Lock()
 
     @property
     def status(self) -> Status:
@@ -258,14 +259,15 @@ class Supervisor:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
-        group = await self._make_cgroup(c)
         try:
+            group = await self._make_cgroup(c)
             init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
                                              (stdin, out_w, err_w),
                                              group.procs_files if group is not None else ())
         except BaseException:
             close_quietly(out_r, err_r)
-            await self._drop_cgroup(c)
+            with trio.CancelScope(shield=True):
+                await self._drop_cgroup(c)
             raise
         finally:
             close_quietly(out_w, err_w)
@@ -297,9 +299,12 @@ class Supervisor:
         """This run's cgroup, with the container's limits (None: no cgroups here)."""
         if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
             return None
-        group = self.cgroups.handle(c.id)
-        await trio.to_thread.run_sync(group.create, c.options.resources)
-        c.cgroup = group
+        group = c.cgroup = self.cgroups.handle(c.id)  # set first: a failure removes it
+        try:
+            await trio.to_thread.run_sync(group.create, c.options.resources)
+        except OSError as exc:
+            raise HostError(
+                f"cannot create the container's cgroup: {exc.strerror or exc}") from None
         return group
 
     async def _drop_cgroup(self, c: Container) -> None:
@@ -308,7 +313,7 @@ class Supervisor:
         if group is not None:
             try:
                 await trio.to_thread.run_sync(group.remove)
-            except ContainerError as exc:
+            except (ContainerError, OSError) as exc:
                 log.error("cgroup not removed", container_id=c.id, error=str(exc))
 
     async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
@@ -478,7 +483,14 @@ class Supervisor:
         if c.status != Status.RUNNING:
             raise Conflict(f"container {c.record.name} is {c.status.value}, not running")
         group = self._group(c, "pause")
-        await trio.to_thread.run_sync(group.freeze)
+        try:
+            await trio.to_thread.run_sync(group.freeze)
+        except (ContainerError, OSError):
+            await trio.to_thread.run_sync(group.thaw)  # never leave it half frozen
+            raise
+        if c.status != Status.RUNNING or c.cgroup is not group:  # it exited or was stopped
+            await trio.to_thread.run_sync(group.thaw)
+            raise Conflict(f"container {c.record.name} stopped while being paused")
         self._set(c, status=Status.PAUSED.value)
         self._emit(c, "pause")
 
@@ -495,25 +507,32 @@ class Supervisor:
         """Change the limits: of the live cgroup now, and of every later run."""
         from runtime.cgroups.limits import check_consistent, parse_resources
 
-        newer = parse_resources(changes)
-        if not newer.any():
-            raise SpecError("update: nothing to change (give --memory, --cpus, "
-                            "--pids-limit, ...)")
-        merged = c.options.resources.merged(newer)
-        check_consistent(merged)
-        self.cgroups.check(merged, self.our_pids())
-        if c.cgroup is not None and c.status in (Status.RUNNING, Status.PAUSED):
-            await trio.to_thread.run_sync(c.cgroup.apply, merged)
-        stored = dict(c.record.params.get("resources") or {})
-        if "cpus" in changes:
-            stored.pop("cpu_quota", None)
-        if "cpu_quota" in changes:
-            stored.pop("cpus", None)
-        stored.update({k: v for k, v in changes.items() if v not in (None, "")})
-        params = {**c.record.params, "resources": stored}
-        self._set(c, params=params)
-        c.options = c.options._replace(resources=merged)
-        self._emit(c, "update", **merged.to_json())
+        if not c.options.cgroups:
+            raise SpecError(f"container {c.record.name} runs with --cgroups=disabled: "
+                            "it has no limits to update")
+        async with c.update_lock:  # concurrent updates apply one after the other
+            newer = parse_resources(changes, consistent=False)
+            if not newer.any():
+                raise SpecError("update: nothing to change (give --memory, --cpus, "
+                                "--pids-limit, ...)")
+            merged = c.options.resources.merged(newer)
+            if "cpus" in changes:  # --cpus sets its own period
+                merged = merged._replace(cpu_period=newer.cpu_period)
+            check_consistent(merged)
+            self.cgroups.check(merged, self.our_pids())
+            if c.cgroup is not None:  # running, paused, or a run starting right now
+                await trio.to_thread.run_sync(c.cgroup.apply, merged)
+            stored = dict(c.record.params.get("resources") or {})
+            if "cpus" in changes:
+                stored.pop("cpu_quota", None)
+                stored.pop("cpu_period", None)
+            if "cpu_quota" in changes or "cpu_period" in changes:
+                stored.pop("cpus", None)
+            stored.update({k: v for k, v in changes.items() if v not in (None, "", [])})
+            params = {**c.record.params, "resources": stored}
+            self._set(c, params=params)
+            c.options = c.options._replace(resources=merged)
+            self._emit(c, "update", **merged.to_json())
 
     async def stats(self, c: Container, interval: float = 0.0) -> dict[str, Any]:
         """Usage from the container's cgroup; cpu_percent over ``interval`` seconds."""
@@ -587,9 +606,14 @@ class Supervisor:
             try:
                 options = create_options(record.params)
             except ContainerError as exc:
-                log.error("unreadable container record", container_id=record.id,
-                          error=str(exc))
-                continue
+                try:  # limits the host can no longer give (a device, a CPU): run without
+                    options = create_options({**record.params, "resources": {}})
+                    log.warning("container limits dropped", container_id=record.id,
+                                error=str(exc))
+                except ContainerError:
+                    log.error("unreadable container record", container_id=record.id,
+                              error=str(exc))
+                    continue
             c = Container(record, options)
             self.containers[record.id] = c
             await self._recover_one(c)

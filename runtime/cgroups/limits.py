@@ -218,7 +218,7 @@ def parse_throttle(value: str, option: str) -> tuple[int, int, int]:
     return os.major(st.st_rdev), os.minor(st.st_rdev), number
 
 
-def parse_resources(params: dict[str, Any]) -> Resources:
+def parse_resources(params: dict[str, Any], consistent: bool = True) -> Resources:
     """Resources from ``run``/``update`` params: each value is the option's string as
     typed (or a number). Unset keys stay None; raises SpecError on the first bad one."""
 
@@ -233,7 +233,7 @@ def parse_resources(params: dict[str, Any]) -> Resources:
     values: dict[str, Any] = {}
     if (v := text("memory")) is not None:
         values["memory"] = parse_memory(v)
-    if (v := text("memory_swap")) is not None:
+    if (v := text("memory_swap")) is not None and v.strip() != "0":  # docker: 0 = unset
         values["memory_swap"] = parse_swap(v)
     if (v := text("memory_reservation")) is not None:
         values["memory_reservation"] = parse_bytes(v, "--memory-reservation")
@@ -241,6 +241,8 @@ def parse_resources(params: dict[str, Any]) -> Resources:
         values["cpu_quota"] = parse_cpus(v)
         values["cpu_period"] = CPU_PERIOD
     if (v := text("cpu_period")) is not None:
+        if "cpu_quota" in values:  # docker: "Nano CPUs and CPU Period cannot both be set"
+            raise SpecError("--cpus and --cpu-period cannot be used together")
         values["cpu_period"] = parse_int(v, "--cpu-period", 1000, 1_000_000)
     if (v := text("cpu_quota")) is not None:
         if "cpus" in params and params["cpus"] not in (None, ""):
@@ -249,7 +251,7 @@ def parse_resources(params: dict[str, Any]) -> Resources:
         if 0 <= quota < 1000:
             raise SpecError(f"invalid --cpu-quota {v!r}: the minimum is 1000 (µs)")
         values["cpu_quota"] = quota
-    if (v := text("cpu_shares")) is not None:
+    if (v := text("cpu_shares")) is not None and v.strip() != "0":  # docker: 0 = unset
         values["cpu_shares"] = parse_int(v, "--cpu-shares", MIN_SHARES, MAX_SHARES)
     if (v := text("cpuset_cpus")) is not None:
         values["cpuset_cpus"] = parse_cpuset(v)
@@ -270,7 +272,8 @@ def parse_resources(params: dict[str, Any]) -> Resources:
             raise SpecError(f"invalid {OPTION_FIELDS[key]}: expected DEVICE:RATE strings")
         values[key] = tuple(parse_throttle(i, OPTION_FIELDS[key]) for i in items)
     resources = Resources(**values)
-    check_consistent(resources)
+    if consistent:
+        check_consistent(resources)
     return resources
 
 

@@ -128,9 +128,10 @@ class V1Cgroup:
         return os.path.join(d, name) if d else None
 
     def create(self, resources: Resources) -> None:
+        if any(os.path.isdir(d) for d in self.dirs):  # left by a run whose removal failed
+            self.remove()
         for controller, d in self.by_controller.items():
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(d)
+            os.mkdir(d)
             if controller == "cpuset":
                 _inherit_cpuset(d)
         self.apply(resources)
@@ -200,11 +201,9 @@ class V1Cgroup:
         """Freeze, signal every pid, thaw: no process can fork away in between."""
         frozen = False
         if self._f("freezer", "freezer.state") and sig == signal.SIGKILL:
-            try:
+            frozen = True  # thawed below even if freezing failed half-way
+            with contextlib.suppress(OSError, HostError):
                 self.freeze()
-                frozen = True
-            except (OSError, HostError):
-                frozen = False
         try:
             for pid in self.pids():
                 with contextlib.suppress(ProcessLookupError):
@@ -286,22 +285,24 @@ class V1Cgroup:
         if self.populated():
             self.kill()
         for d in self.dirs:
-            if os.path.isdir(d):
-                rmdir_when_empty(d)
+            remove_tree(d)  # with any cgroups the container made below its own
 
 
 def recover(doc: dict[str, Any]) -> None:
     """Remove what a crashed supervisor left below its bases (thawing first)."""
-    for base in doc.get("bases", []):
-        if not os.path.isdir(base):
-            continue
+    bases = [b for b in doc.get("bases", []) if os.path.isdir(b)]
+    # Thaw first (in the freezer hierarchy): a frozen task does not act on its SIGKILL,
+    # and would keep every other hierarchy's cgroup busy.
+    for base in bases:
+        for dirpath, _dirs, files in os.walk(base):
+            if "freezer.state" in files:
+                with contextlib.suppress(OSError):
+                    write(os.path.join(dirpath, "freezer.state"), "THAWED")
+    for base in bases:
         for name in os.listdir(base):
             path = os.path.join(base, name)
-            state = os.path.join(path, "freezer.state")
-            if os.path.exists(state):
-                with contextlib.suppress(OSError):
-                    write(state, "THAWED")
             if os.path.isdir(path):
-                remove_tree(path)
+                with contextlib.suppress(HostError):  # the next start tries again
+                    remove_tree(path)
         with contextlib.suppress(HostError):
             rmdir_when_empty(base, timeout=0.2)

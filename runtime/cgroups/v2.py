@@ -124,7 +124,9 @@ class V2Driver:
         return set(self.controllers)
 
     def _is_root(self) -> bool:
-        return os.path.realpath(self.own_dir) == os.path.realpath(self.hierarchy.mountpoint)
+        """The real root cgroup (exempt from the no-internal-process rule) is the only
+        one without cgroup.type; a cgroup namespace's "/" has it."""
+        return not os.path.exists(os.path.join(self.own_dir, "cgroup.type"))
 
     def state(self) -> dict[str, Any]:
         return {"version": 2, "bases": [self.base], "moved_from": self.moved_from,
@@ -168,8 +170,9 @@ class V2Cgroup:
         return os.path.join(self.path, name)
 
     def create(self, resources: Resources) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.path)
+        if os.path.isdir(self.path):  # left by a run whose removal failed
+            self.remove()
+        os.mkdir(self.path)
         self.apply(resources)
 
     def apply(self, r: Resources) -> None:
@@ -224,7 +227,11 @@ class V2Cgroup:
 
     def freeze(self) -> None:
         write(self._f("cgroup.freeze"), "1")
-        self._wait_frozen(1)
+        try:
+            self._wait_frozen(1)
+        except HostError:
+            self.thaw()
+            raise
 
     def thaw(self) -> None:
         write(self._f("cgroup.freeze"), "0")
@@ -278,7 +285,7 @@ class V2Cgroup:
             with _suppress_missing():
                 self.thaw()
             self.kill()
-        rmdir_when_empty(self.path)
+        remove_tree(self.path)  # with any cgroups the container made below its own
 
 
 def io_max_lines(r: Resources) -> list[str]:

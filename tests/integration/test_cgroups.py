@@ -229,6 +229,9 @@ class TestLimits:
         after = limited.call("container.stats", id="up", interval=0)
         assert (after["memory_limit"], after["pids_limit"]) == (128 * MiB, 30)
         assert limited.call("container.inspect", id="up")["resources"]["memory"] == 128 * MiB
+        swap = limited("update", "--memory-swap", "256m", "up")  # --memory is already set
+        assert swap.returncode == 0, swap.stderr
+        assert limited.call("container.inspect", id="up")["resources"]["memory_swap"] == 256 * MiB
         assert limited("rm", "-f", "up").returncode == 0
 
     def test_device_throttles_reach_the_kernel(self, limited: Limited) -> None:
@@ -276,6 +279,8 @@ class TestLimits:
         assert json.loads(limited("ps", "-a", "--format", "json").stdout) == []
         limited.detached("--name", "free", "--cgroups", "disabled", "/bin/sleep", "1000")
         assert limited.call("container.inspect", id="free")["cgroup"] is None
+        refused = limited("update", "-m", "64m", "free")
+        assert refused.returncode == 125 and "--cgroups=disabled" in refused.stderr
         assert limited("rm", "-f", "free").returncode == 0
 
     def test_crashed_supervisor_leaves_no_cgroup(self, limited: Limited) -> None:

@@ -124,6 +124,18 @@ class TestFilesystem:
         result = myctr.probe("write", "/proc/sys/kernel/hostname", "x")
         assert (result["ok"], result["errno"]) == (False, "EROFS")
 
+    def test_sys_is_read_only_all_the_way_down_with_host_network(self, myctr: Myctr) -> None:
+        """--network host binds the host's /sys (rootless cannot mount sysfs there):
+        it and every mount below it, /sys/fs/cgroup included, are read-only."""
+        result = myctr.run("--network", "host", "/bin/cat", "/proc/self/mounts")
+        assert result.returncode == 0, result
+        below = [line.split() for line in result.stdout.splitlines()
+                 if line.split()[1] == "/sys" or line.split()[1].startswith("/sys/")]
+        if myctr.mode == "rootless":  # a bind of the host's /sys, with its submounts
+            assert any(m[1].startswith("/sys/fs/cgroup") for m in below), below
+        writable = [m[1] for m in below if "ro" not in m[3].split(",")]
+        assert not writable, writable
+
     def test_rootfs_writes_stay_in_the_container(self, myctr: Myctr) -> None:
         """A file written to / lands in the overlay's upper dir, not in the source rootfs."""
         result = myctr.probe("write", "/etc/newfile", "hello")

@@ -174,3 +174,19 @@ def test_default_state_paths_have_a_cgroup_tag() -> None:
     paths = StatePaths.default(environ={}, uid=0)
     assert paths.base is None
     assert CgroupManager(paths).tag == state_tag(paths.data)
+
+
+def test_docker_zero_means_unset_and_cpus_exclude_a_period() -> None:
+    assert parse_resources({"memory": "64m", "memory_swap": "0"}).memory_swap is None
+    assert parse_resources({"cpu_shares": "0"}).cpu_shares is None
+    with pytest.raises(SpecError, match="--cpus and --cpu-period"):
+        parse_resources({"cpus": "1", "cpu_period": "50000"})
+
+
+def test_update_changes_are_checked_only_once_merged() -> None:
+    """update --memory-swap alone is fine when the container has --memory."""
+    change = parse_resources({"memory_swap": "256m"}, consistent=False)
+    merged = Resources(memory=64 * MiB).merged(change)
+    assert merged.swap_limit == 256 * MiB
+    with pytest.raises(SpecError, match="needs --memory"):
+        parse_resources({"memory_swap": "256m"})
