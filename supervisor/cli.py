@@ -297,11 +297,34 @@ def _size(n: int | None) -> str:
 async def stats(paths: Any, no_stream: bool, fmt: str, interval: float,
                 containers: tuple[str, ...]) -> int:
     """Show containers' resource usage (all running ones by default)."""
+    from runtime.errors import ContainerError
+
     client = _client(paths)
-    refs = list(containers) or [r["id"] for r in client.call("container.list", {})]
     while True:
-        rows = [client.call("container.stats", {"id": ref, "interval": min(interval, 1.0)})
-                for ref in refs]
+        if containers:
+            rows = [client.call("container.stats", {"id": ref, "interval": min(interval, 1.0)})
+                    for ref in containers]
+        else:  # every running one that has a cgroup now (one may be restarting)
+            rows = []
+            for listed in client.call("container.list", {}):
+                try:
+                    rows.append(client.call("container.stats",
+                                            {"id": listed["id"], "interval": 0}))
+                except ContainerError:
+                    continue
+            if interval > 0:  # one CPU window for all of them, not one each
+                import time
+
+                time.sleep(min(interval, 1.0))
+                later = {}
+                for row in rows:
+                    try:
+                        later[row["id"]] = client.call("container.stats",
+                                                       {"id": row["id"], "interval": 0})
+                    except ContainerError:
+                        continue
+                rows = [_cpu_between(row, later[row["id"]], min(interval, 1.0))
+                        for row in rows if row["id"] in later]
         if fmt == "json":
             click.echo(json.dumps(rows, indent=2 if no_stream else None))
         else:
@@ -322,6 +345,11 @@ async def stats(paths: Any, no_stream: bool, fmt: str, interval: float,
             import time
 
             time.sleep(interval - 1.0)
+
+
+def _cpu_between(first: dict[str, Any], second: dict[str, Any], seconds: float) -> dict[str, Any]:
+    used = max(second["cpu_usage_ns"] - first["cpu_usage_ns"], 0)
+    return {**second, "cpu_percent": used / (seconds * 1e9) * 100.0}
 
 
 @cli.command()

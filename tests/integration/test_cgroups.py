@@ -179,6 +179,8 @@ class TestLimits:
         time.sleep(0.5)
         stats = limited.call("container.stats", id="spin", interval=3.0)
         assert 35.0 <= stats["cpu_percent"] <= 65.0, stats
+        listed = json.loads(limited("stats", "--no-stream", "--format", "json").stdout)
+        assert [r["name"] for r in listed] == ["spin"] and listed[0]["pids"] == 1, listed
         assert limited("rm", "-f", "spin").returncode == 0
 
     def test_pause_freezes_and_unpause_resumes(self, limited: Limited) -> None:
