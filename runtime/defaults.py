@@ -75,6 +75,10 @@ class RunRequest(NamedTuple):
     seccomp: bool = True
     no_new_privileges: bool = False
     rootless: bool = False
+    # Mount the container's own cgroup2 tree read-only at /sys/fs/cgroup (pure cgroup
+    # v2 hosts, when it has a cgroup): runtimes such as the JVM and Go read their
+    # limits there. Set by the supervisor, which knows the host's cgroups.
+    cgroup_mount: bool = False
 
 
 def namespaces(request: RunRequest, user_namespace: bool) -> tuple[Namespace, ...]:
@@ -106,6 +110,9 @@ def default_mounts(
         if sysfs_needs_bind
         else Mount("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
     ]
+    if request.cgroup_mount and not sysfs_needs_bind:
+        mounts.append(Mount("/sys/fs/cgroup", "cgroup2", "cgroup2",
+                            ("nosuid", "noexec", "nodev", "ro")))
     mounts += [
         Mount(dst, "bind", src, ("bind", "rprivate")) for dst, src in container_files.items()
     ]

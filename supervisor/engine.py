@@ -139,8 +139,7 @@ class Supervisor:
         options = create_options(params)
         self.cgroups.check(options.resources, self.our_pids())
         cid = containerdir.new_id()
-        request = options.request._replace(hostname=options.request.hostname or cid[:12])
-        options = options._replace(request=request)
+        options = self._effective(options, cid)
         name = options.name or f"myctr-{cid[:12]}"
         record = ContainerRecord(
             id=cid, name=name, created=time.time(), params=params, spec={},
@@ -156,6 +155,15 @@ class Supervisor:
             raise
         self.store.update(cid, spec=prepared.spec.to_oci())
         return c
+
+    def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:
+        """What the supervisor adds to the asked-for options: the default hostname, and
+        whether the container gets its cgroup2 tree at /sys/fs/cgroup."""
+        request = options.request._replace(
+            hostname=options.request.hostname or cid[:12],
+            cgroup_mount=options.cgroups and self.cgroups.version == 2
+            and self.cgroups.why is None)
+        return options._replace(request=request)
 
     def _prepare(self, c: Container) -> preparing.Prepared:
         o = c.options
@@ -436,6 +444,9 @@ class Supervisor:
             raise Conflict(f"container {c.record.name} is not running")
         with contextlib.suppress(ProcessLookupError):
             libc.pidfd_send_signal(c.pidfd, sig)
+        if sig == signal.SIGKILL and c.status == Status.PAUSED and c.cgroup is not None:
+            with contextlib.suppress(OSError):  # v1: a frozen task dies only once thawed
+                c.cgroup.thaw()
         self._emit(c, "kill", signal=sig)
 
     async def stop(self, c: Container, timeout: float = 10.0) -> None:
@@ -614,7 +625,7 @@ class Supervisor:
                     log.error("unreadable container record", container_id=record.id,
                               error=str(exc))
                     continue
-            c = Container(record, options)
+            c = Container(record, self._effective(options, record.id))
             self.containers[record.id] = c
             await self._recover_one(c)
 

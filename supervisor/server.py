@@ -244,7 +244,7 @@ class ControlServer:
 
     async def top(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))
-        return {"id": c.id, "processes": self.sup.top(c)}
+        return {"id": c.id, "processes": await trio.to_thread.run_sync(self.sup.top, c)}
 
     async def remove(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))

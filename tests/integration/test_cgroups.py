@@ -201,7 +201,12 @@ class TestLimits:
         assert limited("unpause", "tick").returncode == 0
         _until(lambda: lines() > frozen + 3)
         assert limited("pause", "tick").returncode == 0
-        assert limited("rm", "-f", "tick").returncode == 0
+        assert limited("kill", "tick").returncode == 0  # SIGKILL reaches a paused container
+        assert limited("wait", "tick").stdout.strip() == "137"
+        assert limited("rm", "tick").returncode == 0
+        limited.detached("--name", "frozen", "/bin/sleep", "1000")
+        assert limited("pause", "frozen").returncode == 0
+        assert limited("rm", "-f", "frozen").returncode == 0
 
     def test_stop_kills_double_forked_daemons(self, limited: Limited) -> None:
         """stop reaches processes that left their parents (through the cgroup), and the
@@ -269,6 +274,11 @@ class TestLimits:
                          "--rootfs", str(limited.rootfs), "/bin/grep", "Cpus_allowed_list",
                          "/proc/self/status")
         assert pinned.stdout.split() == ["Cpus_allowed_list:", "0"], pinned
+        if _version(limited) == 2:  # its own cgroup2 tree, read-only, as docker gives
+            seen = limited("run", "--rm", "-m", "64m", "--rootfs", str(limited.rootfs),
+                           "/bin/sh", "-c", "cat /sys/fs/cgroup/memory.max; "
+                           "echo 1 > /sys/fs/cgroup/memory.max || echo refused")
+            assert seen.stdout.split()[:2] == [str(64 * MiB), "refused"], seen
         for args, text in ((("--memory", "1x"), "--memory '1x'"),
                            (("--cpus", "-1"), "--cpus '-1'"),
                            (("--cpuset-cpus", "99"), "--cpuset-cpus '99'")):
