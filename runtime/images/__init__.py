@@ -1,0 +1,1 @@
+"""OCI images: layers, the store (to come), builds (to come)."""
