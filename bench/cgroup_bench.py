@@ -57,7 +57,6 @@ from bench.start_latency import (
     report_failure,
     round_robin_order,
     run_tool,
-    write_bundle,
 )
 from bench.supervisor_bench import (
     Bench,
@@ -70,7 +69,6 @@ from bench.supervisor_bench import (
     check_output,
     comparison,
     delete_oci,
-    oci_config,
     open_bench,
     print_report,
     remove_myctr,
@@ -454,21 +452,11 @@ class Extra:
     sizes: CgroupSizes
     probe: bool
     trigger: Path  # the FIFO, bind-mounted at /trigger
-    limited_bundles: dict[tuple[str, ...], Path] = dataclasses.field(default_factory=dict)
 
     def limited_bundle(self, bench: Bench, args: Sequence[str]) -> Path:
         """An OCI bundle running ``args`` under LIMITS (shared by crun and runc)."""
-        key = tuple(args)
-        if key not in self.limited_bundles:
-            if bench.spec_tool is None:
-                raise BenchError("no crun or runc to write a bundle with")
-            bundle = bench.work / f"bundle-limited-{len(self.limited_bundles)}"
-            write_bundle(bench.spec_tool, bundle, bench.rootfs)
-            path = bundle / "config.json"
-            config = oci_config(json.loads(path.read_text()), str(bench.rootfs), args)
-            path.write_text(json.dumps(with_resources(config, oci_resources(LIMITS)), indent=2))
-            self.limited_bundles[key] = bundle
-        return self.limited_bundles[key]
+        return bench.bundle(args, "limited-",
+                            lambda config: with_resources(config, oci_resources(LIMITS)))
 
 
 def measure_start(bench: Bench, extra: Extra) -> Section:

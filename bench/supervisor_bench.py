@@ -440,17 +440,19 @@ class Bench:
     def errors(self) -> Path:
         return self.work / "stderr"
 
-    def bundle(self, args: Sequence[str]) -> Path:
-        """An OCI bundle (shared by crun and runc) running ``args`` on the rootfs."""
-        key = tuple(args)
+    def bundle(self, args: Sequence[str], variant: str = "",
+               edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Path:
+        """An OCI bundle (shared by crun and runc) running ``args`` on the rootfs;
+        ``edit`` changes its config (one bundle per ``variant`` and ``args``)."""
+        key = (variant, *args)
         if key not in self.bundles:
             if self.spec_tool is None:
                 raise BenchError("no crun or runc to write a bundle with")
-            bundle = self.work / f"bundle-{len(self.bundles)}"
+            bundle = self.work / f"bundle-{variant}{len(self.bundles)}"
             write_bundle(self.spec_tool, bundle, self.rootfs)
             config_path = bundle / "config.json"
             config = oci_config(json.loads(config_path.read_text()), str(self.rootfs), args)
-            config_path.write_text(json.dumps(config, indent=2))
+            config_path.write_text(json.dumps(edit(config) if edit else config, indent=2))
             self.bundles[key] = bundle
         return self.bundles[key]
 
