@@ -40,6 +40,8 @@ from .. import libc
 from ..errors import ContainerError
 
 WHITEOUT_PREFIX = ".wh."
+MAX_DEPTH = 256  # path components of a member
+MAX_HEADER = 1 << 20  # a PAX or GNU long-name header is read into memory whole
 OPAQUE_MARKER = ".wh..wh..opq"
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -86,6 +88,8 @@ def member_path(name: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise LayerError(f"layer member {name!r}: '..' is refused")
+    if len(parts) > MAX_DEPTH:
+        raise LayerError(f"layer member {name[:80]!r}...: deeper than {MAX_DEPTH}; refused")
     return "/".join(parts)
 
 
@@ -159,6 +163,24 @@ def _rmtree_at(dirfd: int, base: str) -> None:
     os.rmdir(base, dir_fd=dirfd)
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses extended headers larger than MAX_HEADER before tarfile reads them into
+    memory (a 64 KiB gzip can hold a 64 MiB PAX record)."""
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header(self)
+        return super()._proc_pax(tarfile)  # type: ignore[misc,no-any-return]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        _check_header(self)
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc,no-any-return]
+
+
+def _check_header(info: tarfile.TarInfo) -> None:
+    if info.size > MAX_HEADER:
+        raise LayerError(f"layer header of {info.size} bytes; refused")
+
+
 class _Counted:
     """A read-only stream that stops at ``limit`` bytes (a decompression bomb)."""
 
@@ -180,7 +202,8 @@ class _Counted:
 def _members(counted: _Counted, limits: Limits) -> Iterator[tuple[tarfile.TarInfo,
                                                                    tarfile.TarFile]]:
     try:
-        archive = tarfile.open(fileobj=counted, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115 - closed below
+        archive = tarfile.open(fileobj=counted, mode="r|",  # type: ignore[call-overload]  # noqa: SIM115 - closed below
+                               tarinfo=_BoundedTarInfo)
     except tarfile.TarError as exc:
         raise LayerError(f"not a tar archive: {exc}") from None
     with archive:
@@ -205,70 +228,113 @@ DEFAULT_LIMITS = Limits()
 
 def unpack(stream: IO[bytes], dest: str, limits: Limits = DEFAULT_LIMITS,
            rootless: bool = False) -> Unpacked:
-    """Unpack the layer ``stream`` into the existing empty directory ``dest``."""
+    """Unpack the layer ``stream`` into the existing empty directory ``dest``. Any
+    refusal or failure raises LayerError (the caller removes ``dest``)."""
     import gzip
     import io
 
     wrapped = not hasattr(stream, "peek")
     buffered: Any = io.BufferedReader(stream) if wrapped else stream
-    compressed = buffered.peek(2)[:2] == b"\x1f\x8b"
-    source: Any = gzip.GzipFile(fileobj=buffered) if compressed else buffered
-    counted = _Counted(source, limits.max_bytes)
     tree = _Tree(dest)
-    xattr_ns = "user" if rootless else "trusted"
     skipped: list[str] = []
-    dir_times: list[tuple[str, float, int]] = []
+    dirs: dict[str, tuple[float, int]] = {}  # path -> (mtime, mode); the last entry wins
     members = 0
     try:
+        compressed = buffered.peek(2)[:2] == b"\x1f\x8b"
+        source: Any = gzip.GzipFile(fileobj=buffered) if compressed else buffered
+        counted = _Counted(source, limits.max_bytes)
         for info, archive in _members(counted, limits):
             members += 1
-            path = member_path(info.name)
-            if not path:
-                continue  # the root itself
-            base = posixpath.basename(path)
-            if base == OPAQUE_MARKER:
-                fd, _ = tree.parent(path)  # the directory it marks (made if need be)
-                try:
-                    os.setxattr(fd, f"{xattr_ns}.overlay.opaque", b"y")
-                finally:
-                    os.close(fd)
-                continue
-            if base.startswith(WHITEOUT_PREFIX):
-                fd, _ = tree.parent(path)
-                try:
-                    hidden = base[len(WHITEOUT_PREFIX):]
-                    _remove(fd, hidden)
-                    os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
-                finally:
-                    os.close(fd)
-                continue
-            fd, base = tree.parent(path)
             try:
-                made = _make(tree, fd, base, info, archive, rootless)
-                if made is None:
-                    skipped.append(path)
-                    continue
-                _finish(fd, base, info, rootless)
-                if info.isdir():
-                    dir_times.append((path, info.mtime, info.mode))
-            finally:
-                os.close(fd)
-        for path, mtime, mode in reversed(dir_times):  # after their contents changed
-            fd, base = tree.parent(path, create=False)
+                _member(tree, info, archive, rootless, dirs, skipped, counted)
+            except LayerError:
+                raise
+            except (tarfile.TarError, EOFError, OSError, RecursionError) as exc:
+                raise LayerError(f"layer member {info.name!r}: {exc}") from None
+        # Directory modes and times last (their contents changed them), deepest first,
+        # each opened without following symlinks: a later member may have replaced it.
+        for path in sorted(dirs, key=lambda p: -p.count("/")):
+            mtime, mode = dirs[path]
             try:
-                os.chmod(base, stat.S_IMODE(mode), dir_fd=fd)
-                os.utime(base, (mtime, mtime), dir_fd=fd, follow_symlinks=False)
+                dfd = _openat2(tree.root_fd, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                               RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.EXDEV):
+                    continue  # no longer that directory
+                raise LayerError(f"layer directory {path!r}: {exc.strerror}") from None
+            try:
+                os.chmod(dfd, stat.S_IMODE(mode))
+                os.utime(dfd, (mtime, mtime))
             finally:
-                os.close(fd)
+                os.close(dfd)
     finally:
         tree.close()
         if wrapped:
             buffered.detach()  # the caller's stream stays open: it is the caller's
-    return Unpacked(members, counted.count, tuple(skipped), "sha256:" + counted.sha256.hexdigest())
+    return Unpacked(members, counted.count, tuple(skipped),
+                    "sha256:" + counted.sha256.hexdigest())
 
 
-def _make(tree: _Tree, fd: int, base: str, info: tarfile.TarInfo,
-          archive: tarfile.TarFile, rootless: bool) -> bool | None:
+_KNOWN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+                tarfile.CONTTYPE)
+
+
+def _member(tree: _Tree, info: tarfile.TarInfo, archive: tarfile.TarFile, rootless: bool,
+            dirs: dict[str, tuple[float, int]], skipped: list[str], counted: _Counted) -> None:
+    path = member_path(info.name)
+    if not path:
+        return  # the root itself
+    if info.sparse is not None or any(k.startswith("GNU.sparse") for k in info.pax_headers):
+        raise LayerError(f"layer member {info.name!r}: sparse files are refused")
+    base = posixpath.basename(path)
+    xattr_ns = "user" if rootless else "trusted"
+    if base == OPAQUE_MARKER:
+        fd, _ = tree.parent(path)  # the directory it marks (made if need be)
+        try:
+            os.setxattr(fd, f"{xattr_ns}.overlay.opaque", b"y")
+        finally:
+            os.close(fd)
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        hidden = base[len(WHITEOUT_PREFIX):]
+        if hidden in ("", ".", "..") or hidden.startswith(WHITEOUT_PREFIX):
+            raise LayerError(f"layer member {info.name!r}: not a valid whiteout")
+        fd, _ = tree.parent(path)
+        try:
+            _remove(fd, hidden)
+            os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
+        finally:
+            os.close(fd)
+        _forget_below(dirs, posixpath.join(posixpath.dirname(path), hidden))
+        return
+    if info.type not in _KNOWN_TYPES:
+        skipped.append(path)  # what was there stays
+        return
+    if not info.isdir():
+        _forget_below(dirs, path)
+    fd, base = tree.parent(path)
+    try:
+        made = _make(tree, fd, base, path, info, archive, rootless, counted)
+        if made is None:
+            skipped.append(path)
+            return
+        _finish(fd, base, info, rootless)
+        if info.isdir():
+            dirs[path] = (info.mtime, info.mode)
+    finally:
+        os.close(fd)
+
+
+def _forget_below(dirs: dict[str, tuple[float, int]], path: str) -> None:
+    """``path`` is no longer a directory: its (and its children's) modes are moot."""
+    for known in [d for d in dirs if d == path or d.startswith(path + "/")]:
+        del dirs[known]
+
+
+def _make(tree: _Tree, fd: int, base: str, path: str, info: tarfile.TarInfo,
+          archive: tarfile.TarFile, rootless: bool, counted: _Counted) -> bool | None:
+    """Make the member; None when it cannot be made here (a device, rootless)."""
     if info.isdir():
         try:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
@@ -278,6 +344,23 @@ def _make(tree: _Tree, fd: int, base: str, info: tarfile.TarInfo,
         except FileNotFoundError:
             os.mkdir(base, 0o700, dir_fd=fd)
         return True
+    if info.islnk():
+        target = member_path(info.linkname)
+        if not target:
+            raise LayerError(f"layer member {info.name!r}: hard link to the layer root")
+        if target == path:
+            return True  # a link to itself: already there
+        target_fd, target_base = tree.parent(target, create=False)
+        try:
+            _remove(fd, base)
+            os.link(target_base, base, src_dir_fd=target_fd, dst_dir_fd=fd,
+                    follow_symlinks=False)
+        except FileNotFoundError:
+            raise LayerError(f"layer member {info.name!r}: hard link to {info.linkname!r}, "
+                             "which the layer does not hold") from None
+        finally:
+            os.close(target_fd)
+        return True  # a link shares its target's owner, mode and times
     _remove(fd, base)
     if info.isreg():
         out = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -287,24 +370,13 @@ def _make(tree: _Tree, fd: int, base: str, info: tarfile.TarInfo,
             if source is not None:
                 while chunk := source.read(1 << 20):
                     os.write(out, chunk)
+            _chown_fd(out, info, rootless)
+            os.fchmod(out, stat.S_IMODE(info.mode))
+            os.utime(out, (info.mtime, info.mtime))
         finally:
             os.close(out)
     elif info.issym():
         os.symlink(info.linkname, base, dir_fd=fd)
-    elif info.islnk():
-        target = member_path(info.linkname)
-        if not target:
-            raise LayerError(f"layer member {info.name!r}: hard link to the layer root")
-        target_fd, target_base = tree.parent(target, create=False)
-        try:
-            os.link(target_base, base, src_dir_fd=target_fd, dst_dir_fd=fd,
-                    follow_symlinks=False)
-        except FileNotFoundError:
-            raise LayerError(f"layer member {info.name!r}: hard link to {info.linkname!r}, "
-                             "which the layer does not hold") from None
-        finally:
-            os.close(target_fd)
-        return True  # a link shares its target's owner, mode and times
     elif info.isfifo():
         os.mkfifo(base, 0o600, dir_fd=fd)
     elif info.ischr() or info.isblk():
@@ -320,28 +392,43 @@ def _make(tree: _Tree, fd: int, base: str, info: tarfile.TarInfo,
     return True
 
 
-def _finish(fd: int, base: str, info: tarfile.TarInfo, rootless: bool) -> None:
-    """Owner, xattrs, mode and times of a member just made (not for hard links)."""
-    if info.islnk():
-        return
+def _chown_fd(fd: int, info: tarfile.TarInfo, rootless: bool) -> None:
     try:
-        os.chown(base, info.uid, info.gid, dir_fd=fd, follow_symlinks=False)
+        os.fchown(fd, info.uid, info.gid)
     except OSError as exc:
         if not (rootless and exc.errno == errno.EINVAL):  # an id outside our map
             raise
+
+
+def _finish(fd: int, base: str, info: tarfile.TarInfo, rootless: bool) -> None:
+    """Owner, xattrs, mode and times of a member just made: never through a symlink
+    (a regular file got its own through its fd; hard links share their target's)."""
+    if info.islnk():
+        return
+    if not info.isreg():
+        try:
+            os.chown(base, info.uid, info.gid, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            if not (rootless and exc.errno == errno.EINVAL):  # an id outside our map
+                raise
     for key, value in (info.pax_headers or {}).items():
-        if key.startswith("SCHILY.xattr."):
-            name = key[len("SCHILY.xattr."):]
-            if rootless and not name.startswith("user."):
-                continue
-            with contextlib.suppress(OSError):
-                os.setxattr(f"/proc/self/fd/{fd}/{base}", name,
-                            value.encode("utf-8", "surrogateescape")
-                            if isinstance(value, str) else value, follow_symlinks=False)
+        if not key.startswith("SCHILY.xattr."):
+            continue
+        name = key[len("SCHILY.xattr."):]
+        if ".overlay." in name or (rootless and not name.startswith("user.")):
+            continue  # overlay's own attributes come from whiteouts only
+        with contextlib.suppress(OSError):
+            os.setxattr(f"/proc/self/fd/{fd}/{base}", name,
+                        value.encode("utf-8", "surrogateescape")
+                        if isinstance(value, str) else value, follow_symlinks=False)
     if info.issym():
         with contextlib.suppress(OSError):
             os.utime(base, (info.mtime, info.mtime), dir_fd=fd, follow_symlinks=False)
         return
-    if not info.isdir():
-        os.chmod(base, stat.S_IMODE(info.mode), dir_fd=fd)
-        os.utime(base, (info.mtime, info.mtime), dir_fd=fd)
+    if info.isfifo() or info.ischr() or info.isblk():
+        node = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.chmod(f"/proc/self/fd/{node}", stat.S_IMODE(info.mode))
+            os.utime(f"/proc/self/fd/{node}", (info.mtime, info.mtime))
+        finally:
+            os.close(node)

@@ -129,6 +129,47 @@ class TestEscapesAreRefused:
         with pytest.raises(LayerError, match="more than 10 members"):
             unpack(_tar(*(file(f"f{i}") for i in range(20))), str(dest), Limits(max_members=10))
 
+    def test_directory_replaced_by_a_symlink_keeps_its_mode_inside(
+            self, dirs: tuple[Path, Path]) -> None:
+        """A directory entry, then a symlink of the same name to a file outside: the
+        directory's mode (setuid here) is never applied through the symlink."""
+        dest, outside = dirs
+        (outside / "target").chmod(0o600)
+        unpack(_tar(directory("d", 0o4777), symlink("d", str(outside / "target"))), str(dest))
+        assert stat.S_IMODE((outside / "target").stat().st_mode) == 0o600
+        assert os.readlink(dest / "d") == str(outside / "target")
+        _outside_untouched(outside)
+
+    def test_sparse_members_are_refused(self, dirs: tuple[Path, Path]) -> None:
+        """A sparse file's real size is the archive's to choose: refused."""
+        def sparse(archive: tarfile.TarFile) -> None:
+            info = tarfile.TarInfo("big")
+            info.size = 512
+            info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                "GNU.sparse.name": "big", "GNU.sparse.realsize": str(64 << 20)}
+            archive.addfile(info, io.BytesIO(b"1\n0\n512\n".ljust(512, b"\0")))
+
+        with pytest.raises(LayerError, match="sparse"):
+            unpack(_tar(sparse), str(dirs[0]), Limits(max_bytes=1 << 20))
+
+    def test_huge_extended_header_is_refused_before_it_is_read(
+            self, dirs: tuple[Path, Path]) -> None:
+        def pax(archive: tarfile.TarFile) -> None:
+            info = tarfile.TarInfo("f")
+            info.pax_headers = {"comment": "x" * (4 << 20)}
+            archive.addfile(info, io.BytesIO(b""))
+
+        with pytest.raises(LayerError, match="header"):
+            unpack(_tar(pax, compress=True), str(dirs[0]))
+
+    def test_truncated_archives_raise_layer_errors(self, dirs: tuple[Path, Path]) -> None:
+        whole = _tar(file("a", b"x" * 100_000), compress=True).getvalue()
+        for cut in (len(whole) // 2, len(whole) - 10):
+            dest = dirs[0] / f"cut{cut}"
+            dest.mkdir()
+            with pytest.raises(LayerError):
+                unpack(io.BytesIO(whole[:cut]), str(dest))
+
     def test_garbage_is_not_a_layer(self, dirs: tuple[Path, Path]) -> None:
         with pytest.raises(LayerError):
             unpack(io.BytesIO(b"not a tarball at all" * 100), str(dirs[0]))
@@ -156,6 +197,20 @@ class TestContent:
         assert stat.S_ISFIFO((dest / "pipe").stat().st_mode)
         assert (dest / "bin" / "deep" / "tool").read_bytes() == b"#!"
         assert result.members == 7 and result.skipped == ()
+
+    def test_tar_semantics_the_last_entry_wins(self, dirs: tuple[Path, Path]) -> None:
+        dest, _ = dirs
+        unpack(_tar(directory("d", 0o700), directory("d", 0o755),
+                    directory("a", 0o4755), file("a/x"), file("a", b"now a file", 0o644),
+                    file("f"), hardlink("f", "f"),
+                    file("over", b"first"), file("over", b"second", 0o600),
+                    file("z", xattrs={"trusted.overlay.redirect": "/etc", "user.ok": "1"})),
+               str(dest))
+        assert stat.S_IMODE((dest / "d").stat().st_mode) == 0o755
+        assert stat.S_IMODE((dest / "a").stat().st_mode) == 0o644
+        assert (dest / "a").read_bytes() == b"now a file" and (dest / "f").exists()
+        assert (dest / "over").read_bytes() == b"second"
+        assert os.listxattr(dest / "z") == ["user.ok"]  # overlay's own come from whiteouts
 
 
 class TestWhiteouts:
