@@ -54,6 +54,13 @@ demo: deps
 	$(VENV)/bin/myctr exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
 	$(VENV)/bin/myctr stats --no-stream demo-svc || true
 	$(VENV)/bin/myctr rm -f demo-svc
+	@echo "--- an image: the rootfs as a tarball, imported, then run"
+	tar -C $(DEMO_ROOTFS) -czf build/demo-rootfs.tar.gz .
+	$(VENV)/bin/myctr image rm demo-box >/dev/null 2>&1 || true
+	$(VENV)/bin/myctr image import build/demo-rootfs.tar.gz demo-box
+	$(VENV)/bin/myctr images
+	$(VENV)/bin/myctr run --rm demo-box /bin/sh -c 'echo "hello from image demo-box: $$(uname -s)"'
+	$(VENV)/bin/myctr image rm demo-box
 	@echo "--- cgroup limits: a memory hog above --memory 32m is OOM-killed"
 	$(VENV)/bin/myctr rm -f demo-hog >/dev/null 2>&1 || true
 	$(VENV)/bin/myctr run --name demo-hog --memory 32m --memory-swap 32m --rootfs $(DEMO_ROOTFS) \

@@ -79,6 +79,8 @@ class RunRequest(NamedTuple):
     # v2 hosts, when it has a cgroup): runtimes such as the JVM and Go read their
     # limits there. Set by the supervisor, which knows the host's cgroups.
     cgroup_mount: bool = False
+    # An image's layers as overlay lower dirs, top first (empty: just ``rootfs``).
+    lowers: tuple[str, ...] = ()
 
 
 def namespaces(request: RunRequest, user_namespace: bool) -> tuple[Namespace, ...]:

@@ -158,33 +158,49 @@ def _read(path: str) -> str:
         return ""
 
 
-def run_in_user_namespace(plan: IdMapPlan, fn: Callable[[], None], what: str) -> None:
+def run_in_user_namespace(plan: IdMapPlan, fn: Callable[[], bytes | None],
+                          what: str) -> bytes:
     """Run ``fn`` as root of a fresh user namespace with ``plan``'s maps, in a child:
-    how a rootless user removes files that belong to its subordinate ids."""
+    how a rootless user removes or unpacks files that belong to its subordinate ids.
+    Returns what ``fn`` returned; its error comes back as a HostError with its text."""
     from . import libc
 
     read_end, write_end = os.pipe()
+    result_r, result_w = os.pipe()
     pid, pidfd = libc.clone3(libc.CLONE_NEWUSER)
     if pid == 0:
         code = 1
         try:
             os.close(write_end)
+            os.close(result_r)
             if os.read(read_end, 1) == b"g":
                 os.setresgid(0, 0, 0)
                 os.setresuid(0, 0, 0)
-                fn()
-                code = 0
+                try:
+                    out = fn() or b""
+                    code = 0
+                except BaseException as exc:
+                    out = str(exc).encode(errors="replace")[:4000]
+                os.write(result_w, out)
         except BaseException:
             code = 1
         finally:
             os._exit(code)
     os.close(read_end)
+    os.close(result_w)
     os.close(pidfd)
     try:
         write_maps(pid, plan)
         os.write(write_end, b"g")
     finally:
         os.close(write_end)
+        chunks = []
+        while chunk := os.read(result_r, 65536):
+            chunks.append(chunk)
+        os.close(result_r)
         _, status = os.waitpid(pid, 0)
+    out = b"".join(chunks)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise HostError(f"{what}: failed in the user namespace")
+        detail = out.decode(errors="replace") or "failed in the user namespace"
+        raise HostError(f"{what}: {detail}")
+    return out

@@ -91,7 +91,7 @@ def _resources(opts: dict[str, Any]) -> dict[str, Any]:
 def _run_options(f: Any) -> Any:
     """The flags shared by ``run`` and ``create``."""
     options = [
-        click.option("--rootfs", required=True, type=click.Path(),
+        click.option("--rootfs", type=click.Path(),
                      help="Root filesystem directory (the overlay's read-only lower layer)."),
         click.option("--rm", "auto_remove", is_flag=True,
                      help="Remove the container when it exits."),
@@ -103,7 +103,7 @@ def _run_options(f: Any) -> Any:
         click.option("-h", "--hostname", help="Container host name (default: the short id)."),
         click.option("-u", "--user", help="USER[:GROUP], names or numbers."),
         click.option("--group-add", multiple=True, help="Add a supplementary group."),
-        click.option("-w", "--workdir", default="/", help="Working directory in the container."),
+        click.option("-w", "--workdir", help="Working directory in the container."),
         click.option("--cap-add", multiple=True, help="Add a capability (or ALL)."),
         click.option("--cap-drop", multiple=True, help="Drop a capability (or ALL)."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
@@ -128,7 +128,7 @@ def _run_options(f: Any) -> Any:
         click.option("--cgroups", "cgroups", type=click.Choice(["enabled", "disabled"]),
                      default="enabled", show_default=True,
                      help="disabled: no cgroup for this container (no limits, pause, stats)."),
-        click.argument("command", nargs=-1, required=True),
+        click.argument("command", nargs=-1),
     ]
     for option in reversed(options):
         f = option(f)
@@ -143,8 +143,7 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
     env_files = [e for path in opts["env_file"] for e in options.read_env_file(path)]
     env = [e for e in (options.parse_env(v) for v in opts["env"]) if e is not None]
     params: dict[str, Any] = {
-        "rootfs": os.path.abspath(opts["rootfs"]), "command": list(opts["command"]),
-        "env": list(options.merge_env(env_files, env)), "workdir": opts["workdir"],
+        "command": list(opts["command"]), "env": list(options.merge_env(env_files, env)),
         "network": opts["network"], "read_only": opts["read_only"],
         "tty": opts["tty"], "interactive": opts["interactive"],
         "init": opts["use_init"], "auto_remove": opts["auto_remove"],
@@ -156,6 +155,14 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
     resources = _resources(opts)
     if resources:
         params["resources"] = resources
+    if opts["rootfs"]:
+        params["rootfs"] = os.path.abspath(opts["rootfs"])
+    elif params["command"]:  # run [OPTIONS] IMAGE [COMMAND [ARG...]]
+        params["image"] = params["command"].pop(0)
+    else:
+        raise click.UsageError("give an IMAGE (or --rootfs DIR) and a command")
+    if opts["workdir"] is not None:
+        params["workdir"] = opts["workdir"]
     for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
                       ("init_path", "init_path")):
         if opts[flag] is not None:
@@ -497,6 +504,106 @@ async def supervise(paths: Any, detach: bool, idle_exit: float | None) -> int:
     from supervisor.daemon import main_supervise
 
     return main_supervise(paths, idle_exit, detach)
+
+
+@cli.group()
+async def image() -> None:
+    """Images: import, list, inspect, tag, remove, prune."""
+
+
+@image.command("import")
+@click.argument("tarball", type=click.Path(dir_okay=False))
+@click.argument("name")
+@click.pass_obj
+async def image_import(paths: Any, tarball: str, name: str) -> int:
+    """Import a root filesystem tarball (plain or gzip) as image NAME[:TAG]."""
+    result = _client(paths).call("image.import", {"path": os.path.abspath(tarball),
+                                                  "name": name})
+    click.echo(result["id"])
+    return 0
+
+
+def _list_images(paths: Any, fmt: str, quiet: bool) -> int:
+    import time
+
+    rows = _client(paths).call("image.list", {})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    if quiet:
+        for row in rows:
+            click.echo(row["short_id"])
+        return 0
+    click.echo(f"{'REPOSITORY':<32}{'TAG':<16}{'IMAGE ID':<14}{'CREATED':<22}SIZE")
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+        for tag in row["tags"] or ["<none>:<none>"]:
+            repo, _, version = tag.rpartition(":")
+            click.echo(f"{repo:<32}{version:<16}{row['short_id']:<14}{created:<22}"
+                       f"{_size(row['size'])}")
+    return 0
+
+
+@image.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.pass_obj
+async def image_ls(paths: Any, fmt: str, quiet: bool) -> int:
+    """List images."""
+    return _list_images(paths, fmt, quiet)
+
+
+@cli.command("images")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.pass_obj
+async def images_command(paths: Any, fmt: str, quiet: bool) -> int:
+    """List images (image ls)."""
+    return _list_images(paths, fmt, quiet)
+
+
+@image.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+async def image_inspect(paths: Any, refs: tuple[str, ...]) -> int:
+    """Show images' details as JSON."""
+    client = _client(paths)
+    click.echo(json.dumps([client.call("image.inspect", {"ref": r}) for r in refs], indent=2))
+    return 0
+
+
+@image.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+async def image_rm(paths: Any, refs: tuple[str, ...]) -> int:
+    """Untag or remove images."""
+    client = _client(paths)
+    for ref in refs:
+        result = client.call("image.remove", {"ref": ref})
+        for name in result["untagged"]:
+            click.echo(f"Untagged: {name}")
+        if result["deleted"]:
+            click.echo(f"Deleted: {result['deleted']}")
+    return 0
+
+
+@image.command("tag")
+@click.argument("ref")
+@click.argument("name")
+@click.pass_obj
+async def image_tag(paths: Any, ref: str, name: str) -> int:
+    """Give image REF another NAME[:TAG]."""
+    _client(paths).call("image.tag", {"ref": ref, "name": name})
+    return 0
+
+
+@image.command("prune")
+@click.pass_obj
+async def image_prune(paths: Any) -> int:
+    """Remove blobs and layers no image refers to."""
+    result = _client(paths).call("image.prune", {})
+    click.echo(f"removed {result['blobs']} blob(s), {result['layers']} layer(s)")
+    return 0
 
 
 @cli.group()

@@ -104,6 +104,11 @@ class Supervisor:
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
         self.cgroups = CgroupManager(paths)
+        from runtime.images.store import ImageStore
+        from supervisor.images import ImageService
+
+        self.images = ImageService(ImageStore(paths.data, store.db), spawner,
+                                   preparing.id_map_plan() if os.geteuid() != 0 else None)
         self.inotify = Inotify()
         nursery.start_soon(self.inotify.run)
 
@@ -135,8 +140,19 @@ class Supervisor:
         self._emit(c, "create")
         return c
 
+    def resolve_image(self, ref: str) -> tuple[tuple[str, ...], dict[str, Any], str]:
+        from supervisor.images import image_defaults
+
+        image = self.images.store.resolve(ref)
+        return self.images.store.lower_dirs(image), image_defaults(image), image.id
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(c.options.image_id == image_id for c in self.containers.values())
+
     def _create(self, params: dict[str, Any]) -> Container:
-        options = create_options(params)
+        options = create_options(params, self.resolve_image)
+        if options.image_id:  # the image itself, whatever its tag names later
+            params = {**params, "image_id": options.image_id}
         self.cgroups.check(options.resources, self.our_pids())
         cid = containerdir.new_id()
         options = self._effective(options, cid)
@@ -615,10 +631,11 @@ class Supervisor:
         await trio.to_thread.run_sync(self.cgroups.recover)
         for record in list(self.store.all()):
             try:
-                options = create_options(record.params)
+                options = create_options(record.params, self.resolve_image)
             except ContainerError as exc:
                 try:  # limits the host can no longer give (a device, a CPU): run without
-                    options = create_options({**record.params, "resources": {}})
+                    options = create_options({**record.params, "resources": {}},
+                                             self.resolve_image)
                     log.warning("container limits dropped", container_id=record.id,
                                 error=str(exc))
                 except ContainerError:

@@ -79,7 +79,8 @@ def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,
     spec = build_spec(request, plan, files, profile)
     cdir.write_spec(spec.to_oci())
     config = InitConfig(
-        lower=(os.path.realpath(request.rootfs),), upper=cdir.upper, work=cdir.work,
+        lower=request.lowers or (os.path.realpath(request.rootfs),), upper=cdir.upper,
+        work=cdir.work,
         merged=cdir.merged, stdin_devnull=not interactive,
         seccomp_bpf=compile_seccomp(profile),
     )

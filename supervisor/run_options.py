@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from runtime import capabilities, idmap, options
@@ -32,6 +33,12 @@ class CreateOptions(NamedTuple):
     gid_mappings: tuple[IdMapping, ...]
     resources: Resources = Resources()
     cgroups: bool = True  # podman's --cgroups=enabled|disabled
+    image_id: str | None = None
+
+
+# image ref -> (lower dirs top first, image defaults (env, entrypoint, cmd, workdir,
+# user), image id)
+ImageResolver = Callable[[str], tuple[tuple[str, ...], dict[str, Any], str]]
 
 
 def find_init(explicit: str | None) -> str:
@@ -93,21 +100,37 @@ def _seconds(params: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def create_options(params: dict[str, Any]) -> CreateOptions:
+def create_options(params: dict[str, Any],
+                   images: ImageResolver | None = None) -> CreateOptions:
     """Validate create params; raises SpecError naming the first bad value."""
     command = _strings(params, "command")
-    if not command:
-        raise SpecError("invalid params: 'command' must name the command to run")
     rootfs = _string(params, "rootfs")
-    if not rootfs or not os.path.isabs(rootfs):
-        raise SpecError("invalid params: 'rootfs' must be an absolute path")
+    image = _string(params, "image_id") or _string(params, "image")
+    lowers: tuple[str, ...] = ()
+    image_id = None
+    defaults: dict[str, Any] = {"env": [], "entrypoint": [], "cmd": [], "workdir": "",
+                                "user": ""}
+    if image:
+        if rootfs:
+            raise SpecError("give a rootfs or an image, not both")
+        if images is None:
+            raise SpecError("images are not available here")
+        lowers, defaults, image_id = images(image)
+        rootfs = lowers[0]
+        # docker: a command replaces the image's Cmd; the Entrypoint stays in front
+        command = [*defaults["entrypoint"], *(command or defaults["cmd"])]
+    elif not rootfs or not os.path.isabs(rootfs):
+        raise SpecError("invalid params: 'rootfs' must be an absolute path (or give an image)")
+    if not command:
+        raise SpecError("no command given" + (" and the image has no Cmd or Entrypoint"
+                                               if image else ""))
     for cap in (*_strings(params, "cap_add"), *_strings(params, "cap_drop")):
         capabilities.normalize(cap)
     network = _string(params, "network", "none")
     if network not in NETWORK_MODES:
         raise SpecError(f"invalid --network {network!r}: supported are "
                         + ", ".join(NETWORK_MODES))
-    user = _string(params, "user")
+    user = _string(params, "user") or defaults["user"] or None
     if user is not None:
         validate_user_option(user)
     name = _string(params, "name")
@@ -116,11 +139,12 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
     hostname = _string(params, "hostname")
     if hostname is not None:
         options.validate_hostname(hostname)
-    workdir = _string(params, "workdir", "/") or "/"
+    workdir = _string(params, "workdir") or defaults["workdir"] or "/"
     if not os.path.isabs(workdir):
         raise SpecError(f"invalid --workdir {workdir!r}: must be an absolute path")
     seccomp, nnp = security_options(_strings(params, "security_opt"))
-    env = [e for e in (options.parse_env(v, {}) for v in _strings(params, "env")) if e]
+    env = [*defaults["env"],
+           *(e for e in (options.parse_env(v, {}) for v in _strings(params, "env")) if e)]
     uid_maps = tuple(idmap.parse_mapping_option(v) for v in _strings(params, "uidmap"))
     gid_maps = tuple(idmap.parse_mapping_option(v) for v in _strings(params, "gidmap"))
     if (uid_maps or gid_maps) and os.geteuid() != 0:
@@ -143,6 +167,7 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
     _check_log_opts(log_opts)
     request = RunRequest(
         rootfs=os.path.normpath(rootfs),
+        lowers=lowers,
         args=tuple(command),
         hostname=hostname or "",
         env=options.merge_env(env),
@@ -168,6 +193,7 @@ def create_options(params: dict[str, Any]) -> CreateOptions:
         log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,
         resources=resources,
         cgroups=cgroups,
+        image_id=image_id,
     )
 
 

@@ -79,6 +79,9 @@ class ControlServer:
             "container.update": self.update, "container.stats": self.stats,
             "container.top": self.top,
             "supervisor.shutdown": self.shutdown_method,
+            "image.import": self.image_import, "image.list": self.image_list,
+            "image.inspect": self.image_inspect, "image.remove": self.image_remove,
+            "image.tag": self.image_tag, "image.prune": self.image_prune,
         }
 
     async def serve(self, path: str,
@@ -251,6 +254,42 @@ class ControlServer:
         await self.sup.remove(c, bool(params.get("force", False)))
         return {"id": c.id}
 
+    async def image_import(self, params: dict[str, Any]) -> dict[str, Any]:
+        path, name = params.get("path"), params.get("name")
+        if not isinstance(path, str) or not isinstance(name, str):
+            raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                    "invalid params: 'path' and 'name' must be strings")
+        image = await self.sup.images.import_tar(path, name, {})
+        self.events.emit("image-import", image.id, ",".join(image.tags))
+        return {"id": image.id, "tags": list(image.tags)}
+
+    async def image_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        from supervisor.images import summary
+
+        return [summary(i) for i in self.sup.images.store.all()]
+
+    async def image_inspect(self, params: dict[str, Any]) -> dict[str, Any]:
+        from supervisor.images import summary
+
+        image = self.sup.images.store.resolve(_image_ref(params))
+        return {**summary(image), "config": image.config, "manifest": image.manifest,
+                "layer_digests": [layer["digest"] for layer in image.layers],
+                "lower_dirs": list(self.sup.images.store.lower_dirs(image))}
+
+    async def image_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        result = await self.sup.images.remove(_image_ref(params), self.sup.image_in_use)
+        return result
+
+    async def image_tag(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise protocol.RpcError(protocol.INVALID_PARAMS, "invalid params: 'name'")
+        image = self.sup.images.store.tag(_image_ref(params), name)
+        return {"id": image.id, "tags": list(image.tags)}
+
+    async def image_prune(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.sup.images.prune()
+
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         return [self._summary(c) for c in self.sup.containers.values()
@@ -366,6 +405,14 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
         result, reply_fds = await method(params, fds)
         return result, reply_fds
     return await method(params), []
+
+
+def _image_ref(params: dict[str, Any]) -> str:
+    ref = params.get("ref")
+    if not isinstance(ref, str) or not ref:
+        raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                "invalid params: 'ref' must name an image (name or id)")
+    return ref
 
 
 def _ref(params: dict[str, Any]) -> str:

@@ -63,6 +63,21 @@ class Spawner:
         if not reply["ok"]:
             raise zygote.decode_error(reply["error"])
 
+    async def unpack_layer(self, tar: str, dest: str, plan: IdMapPlan) -> str:
+        """Unpack an image layer in a user namespace with ``plan`` (rootless); its
+        diff_id."""
+        payload = json.dumps({"op": "unpack", "tar": tar, "dest": dest,
+                              "plan": zygote.encode_plan(plan)}).encode()
+        async with self._lock:
+            with trio.CancelScope(shield=True):  # see _ask
+                await self._sock.send(payload)
+                data = await self._sock.recv(zygote.MAX_PACKET)
+        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": {
+            "type": "HostError", "errno": 0, "message": "the zygote exited"}}
+        if not reply["ok"]:
+            raise zygote.decode_error(reply["error"])
+        return str(reply["diff_id"])
+
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
             # One request, one reply: a cancellation between the two would leave this

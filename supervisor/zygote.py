@@ -92,6 +92,8 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd)."""
     if request.get("op") == "rmtree":
         return remove_trees(request["paths"], decode_plan(request["plan"])), []
+    if request.get("op") == "unpack":
+        return unpack_layer(request["tar"], request["dest"], decode_plan(request["plan"])), []
     spec = ContainerSpec.from_oci(request["spec"])
     config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
@@ -114,6 +116,24 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     if process.pty_master is not None:
         reply_fds.append(process.pty_master)
     return {"ok": True, "pid": process.pid, "pty": process.pty_master is not None}, reply_fds
+
+
+def unpack_layer(tar: str, dest: str, plan: IdMapPlan | None) -> dict[str, Any]:
+    """Unpack an image layer as root of a user namespace with the user's map, so its
+    files keep their (shifted) owners."""
+    from runtime.images.layer import unpack
+
+    assert plan is not None
+
+    def run() -> bytes:
+        with open(tar, "rb") as f:
+            return unpack(f, dest, rootless=True).diff_id.encode()
+
+    try:
+        diff_id = run_in_user_namespace(plan, run, "unpack layer")
+    except ContainerError as exc:
+        return {"ok": False, "error": encode_error(exc)}
+    return {"ok": True, "diff_id": diff_id.decode()}
 
 
 def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:

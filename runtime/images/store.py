@@ -1,0 +1,293 @@
+"""The image store: content-addressed blobs, unpacked layers, image records and tags.
+
+Layout below the data dir::
+
+    images/blobs/sha256/<hex>     layer tarballs, image configs, manifests (as-is)
+    images/layers/<hex of diff_id>/   each layer unpacked once: an overlay lower dir
+                                      shared by every image and container using it
+
+Records live in the supervisor's SQLite database (tables ``images`` and ``tags``), so
+an image appears in one transaction, after its blobs and layers are complete on disk;
+a crash before that leaves only files that :meth:`ImageStore.prune` removes (blobs
+and layers no image refers to, and ``.tmp-*`` leftovers).
+
+Unpacking is the caller's to arrange (rootless it must run inside a user namespace
+with the user's id map): :meth:`ImageStore.add_layer` takes a function that unpacks a
+tar file into an empty directory and returns the layer's diff_id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from ..errors import Conflict, NotFound, SpecError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,          -- the config's digest, "sha256:..."
+    manifest TEXT NOT NULL,       -- the manifest's digest
+    created REAL NOT NULL,
+    config TEXT NOT NULL,         -- the OCI image config (JSON)
+    layers TEXT NOT NULL,         -- [{"digest", "diff_id", "size", "media_type"}], base first
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    name TEXT PRIMARY KEY,        -- "busybox:latest"
+    image TEXT NOT NULL REFERENCES images(id)
+);
+"""
+
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+LAYER_GZIP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+Unpacker = Callable[[str, str], str]  # (tar path, empty dest dir) -> diff_id
+
+
+class Image(NamedTuple):
+    id: str
+    manifest: str
+    created: float
+    config: dict[str, Any]
+    layers: list[dict[str, Any]]
+    size: int
+    tags: tuple[str, ...]
+
+    @property
+    def short_id(self) -> str:
+        return self.id.split(":", 1)[1][:12]
+
+
+def normalize_name(name: str) -> str:
+    """``busybox`` -> ``busybox:latest``; checks the characters docker allows."""
+    import re
+
+    if "@" in name:
+        raise SpecError(f"invalid image name {name!r}: digests are not names")
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        name = f"{name}:latest"
+    repo, _, tag = name.rpartition(":")
+    if not re.fullmatch(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9._-]+)*", repo) \
+            or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise SpecError(f"invalid image name {name!r}: expected NAME[:TAG] in lower case")
+    return name
+
+
+class ImageStore:
+    def __init__(self, data_dir: str, db: sqlite3.Connection) -> None:
+        self.root = os.path.join(data_dir, "images")
+        self.blobs = os.path.join(self.root, "blobs", "sha256")
+        self.layers_dir = os.path.join(self.root, "layers")
+        for d in (self.blobs, self.layers_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o711)  # layers are lower dirs of containers (rootless maps)
+        self.db = db
+        self.db.executescript(SCHEMA)
+
+    # --- blobs ----------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> str:
+        algorithm, _, hexdigest = digest.partition(":")
+        if algorithm != "sha256" or len(hexdigest) != 64 or not all(
+                c in "0123456789abcdef" for c in hexdigest):
+            raise SpecError(f"invalid digest {digest!r}")
+        return os.path.join(self.blobs, hexdigest)
+
+    def put_blob_file(self, path: str) -> tuple[str, int]:
+        """Copy a file into the blob store; (its digest, size)."""
+        tmp = os.path.join(self.blobs, f".tmp-{secrets.token_hex(8)}")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            name = "sha256:" + digest.hexdigest()
+            os.replace(tmp, self.blob_path(name))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return name, size
+
+    def put_blob_bytes(self, data: bytes) -> str:
+        name = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(name)
+        if not os.path.exists(path):
+            tmp = os.path.join(self.blobs, f".tmp-{secrets.token_hex(8)}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return name
+
+    # --- layers ---------------------------------------------------------------------
+
+    def layer_path(self, diff_id: str) -> str:
+        return os.path.join(self.layers_dir, self.blob_path(diff_id).rsplit("/", 1)[1])
+
+    def add_layer(self, tar_path: str, unpack: Unpacker) -> dict[str, Any]:
+        """Store a layer tarball and unpack it (once per diff_id)."""
+        blob, size = self.put_blob_file(tar_path)
+        tmp = os.path.join(self.layers_dir, f".tmp-{secrets.token_hex(8)}")
+        os.mkdir(tmp, 0o755)
+        try:
+            diff_id = unpack(self.blob_path(blob), tmp)
+            final = self.layer_path(diff_id)
+            if os.path.exists(final):
+                self._discard(tmp, unpack)
+            else:
+                os.rename(tmp, final)
+        except BaseException:
+            self._discard(tmp, unpack)
+            raise
+        with open(self.blob_path(blob), "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        return {"digest": blob, "diff_id": diff_id, "size": size,
+                "media_type": LAYER_GZIP_MEDIA_TYPE if gzipped else LAYER_MEDIA_TYPE}
+
+    def _discard(self, path: str, unpack: Unpacker) -> None:
+        remover = getattr(unpack, "remove", None)
+        if remover is not None:
+            remover(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # --- images ---------------------------------------------------------------------
+
+    def commit(self, layers: list[dict[str, Any]], config: dict[str, Any],
+               tags: list[str], history: str) -> Image:
+        """Write the config and manifest blobs and record the image and its tags in
+        one transaction."""
+        now = time.time()
+        doc = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "architecture": "amd64", "os": "linux", "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
+            "history": [{"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                         "created_by": history}],
+        }
+        config_bytes = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        image_id = self.put_blob_bytes(config_bytes)
+        manifest = {
+            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": image_id,
+                       "size": len(config_bytes)},
+            "layers": [{"mediaType": layer["media_type"], "digest": layer["digest"],
+                        "size": layer["size"]} for layer in layers],
+        }
+        manifest_id = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
+        size = sum(layer["size"] for layer in layers)
+        names = [normalize_name(t) for t in tags]
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO images (id, manifest, created, config, layers, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (image_id, manifest_id, now, json.dumps(doc), json.dumps(layers), size))
+            for name in names:
+                self.db.execute("INSERT OR REPLACE INTO tags (name, image) VALUES (?, ?)",
+                                (name, image_id))
+        return self.get(image_id)
+
+    def _row(self, image_id: str) -> Image:
+        row = self.db.execute("SELECT id, manifest, created, config, layers, size FROM images "
+                              "WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such image: {image_id}")
+        tags = tuple(t for (t,) in self.db.execute(
+            "SELECT name FROM tags WHERE image = ? ORDER BY name", (image_id,)))
+        return Image(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), row[5],
+                     tags)
+
+    def get(self, image_id: str) -> Image:
+        return self._row(image_id)
+
+    def resolve(self, ref: str) -> Image:
+        """An image by name[:tag], full id, or unique id prefix (with or without
+        ``sha256:``)."""
+        with contextlib.suppress(SpecError):
+            row = self.db.execute("SELECT image FROM tags WHERE name = ?",
+                                  (normalize_name(ref),)).fetchone()
+            if row:
+                return self._row(row[0])
+        prefix = ref.removeprefix("sha256:")
+        if prefix and all(c in "0123456789abcdef" for c in prefix):
+            rows = self.db.execute("SELECT id FROM images WHERE id LIKE ?",
+                                   (f"sha256:{prefix}%",)).fetchall()
+            if len(rows) == 1:
+                return self._row(rows[0][0])
+            if rows:
+                raise Conflict(f"image id prefix {ref!r} is ambiguous")
+        raise NotFound(f"no such image: {ref}")
+
+    def all(self) -> Iterator[Image]:
+        for (image_id,) in self.db.execute("SELECT id FROM images ORDER BY created").fetchall():
+            yield self._row(image_id)
+
+    def tag(self, ref: str, name: str) -> Image:
+        image = self.resolve(ref)
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO tags (name, image) VALUES (?, ?)",
+                            (normalize_name(name), image.id))
+        return self.get(image.id)
+
+    def lower_dirs(self, image: Image) -> tuple[str, ...]:
+        """The image's layers as overlay lower dirs, top layer first."""
+        return tuple(self.layer_path(layer["diff_id"]) for layer in reversed(image.layers))
+
+    def remove(self, ref: str, in_use: Callable[[str], bool]) -> tuple[list[str], str | None]:
+        """As docker: a name of an image with other names is untagged; otherwise (an
+        id, or its last name) the image is deleted, unless a container uses it.
+        Returns (untagged names, deleted image id or None); files go with prune."""
+        image = self.resolve(ref)
+        name = _tag_of(ref, image)
+        if name is not None and len(image.tags) > 1:
+            with self.db:
+                self.db.execute("DELETE FROM tags WHERE name = ?", (name,))
+            return [name], None
+        if in_use(image.id):
+            raise Conflict(f"image {ref} is used by a container: remove the container first")
+        with self.db:
+            self.db.execute("DELETE FROM tags WHERE image = ?", (image.id,))
+            self.db.execute("DELETE FROM images WHERE id = ?", (image.id,))
+        return list(image.tags), image.id
+
+    def unreferenced(self) -> tuple[list[str], list[str]]:
+        """(blob paths, layer dirs) that no image refers to, temp leftovers included."""
+        blobs: set[str] = set()
+        layers: set[str] = set()
+        for image in self.all():
+            blobs.update({image.id, image.manifest})
+            blobs.update(layer["digest"] for layer in image.layers)
+            layers.update(layer["diff_id"] for layer in image.layers)
+        keep_blobs = {self.blob_path(b) for b in blobs}
+        keep_layers = {self.layer_path(d) for d in layers}
+        stale_blobs = [os.path.join(self.blobs, n) for n in os.listdir(self.blobs)
+                       if os.path.join(self.blobs, n) not in keep_blobs]
+        stale_layers = [os.path.join(self.layers_dir, n) for n in os.listdir(self.layers_dir)
+                        if os.path.join(self.layers_dir, n) not in keep_layers]
+        return stale_blobs, stale_layers
+
+
+def _tag_of(ref: str, image: Image) -> str | None:
+    try:
+        name = normalize_name(ref)
+    except SpecError:
+        return None
+    return name if name in image.tags else None

@@ -1,0 +1,125 @@
+"""The supervisor's image verbs over :class:`runtime.images.store.ImageStore`: import a
+rootfs tarball as a one-layer image, list, inspect, tag, remove, prune.
+
+Layers are unpacked in a worker thread as root; rootless, by the zygote inside a user
+namespace with the user's subordinate id map (files keep their ids, shifted), exactly
+as container directories are removed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from runtime.errors import HostError, SpecError
+from runtime.idmap import IdMapPlan
+from runtime.images.layer import LayerError, unpack
+from runtime.images.store import Image, ImageStore, normalize_name
+from supervisor.spawner import Spawner
+
+DEFAULT_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ImageService:
+    def __init__(self, store: ImageStore, spawner: Spawner, plan: IdMapPlan | None) -> None:
+        self.store = store
+        self.spawner = spawner
+        self.plan = plan  # rootless: the user's subordinate map; root: None
+        self.lock = trio.Lock()  # one writer at a time (imports, removals, prune)
+
+    async def import_tar(self, path: str, name: str, changes: dict[str, Any]) -> Image:
+        """``image import``: a rootfs tarball (plain or gzip) as a one-layer image."""
+        if not os.path.isabs(path) or not os.path.isfile(path):
+            raise SpecError(f"image import: {path}: no such file")
+        tag = normalize_name(name)
+        async with self.lock:
+            blob, size = await trio.to_thread.run_sync(self.store.put_blob_file, path)
+            tmp = os.path.join(self.store.layers_dir, f".tmp-{secrets.token_hex(8)}")
+            os.mkdir(tmp, 0o755)
+            try:
+                diff_id = await self._unpack(self.store.blob_path(blob), tmp)
+                final = self.store.layer_path(diff_id)
+                if os.path.exists(final):
+                    await self._remove_tree(tmp)
+                else:
+                    os.rename(tmp, final)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._remove_tree(tmp)
+                    await self._prune_files()  # the blob, unless an image shares it
+                raise
+            layer = {"digest": blob, "diff_id": diff_id, "size": size,
+                     "media_type": _media_type(self.store.blob_path(blob))}
+            config = {"Env": [DEFAULT_ENV], **changes}
+            history = f"myctr image import {os.path.basename(path)}"
+            return await trio.to_thread.run_sync(
+                self.store.commit, [layer], config, [tag], history)
+
+    async def _unpack(self, tar: str, dest: str) -> str:
+        if self.plan is None:
+            def run() -> str:
+                with open(tar, "rb") as f:
+                    return unpack(f, dest).diff_id
+            try:
+                return await trio.to_thread.run_sync(run)
+            except LayerError:
+                raise
+            except OSError as exc:
+                raise HostError(f"unpacking {tar}: {exc.strerror or exc}") from None
+        return await self.spawner.unpack_layer(tar, dest, self.plan)
+
+    async def _remove_tree(self, path: str) -> None:
+        if not os.path.exists(path):
+            return
+        if self.plan is not None:
+            await self.spawner.remove_trees([path], self.plan)
+        else:
+            import shutil
+
+            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+
+    async def remove(self, ref: str, in_use: Callable[[str], bool]) -> dict[str, Any]:
+        async with self.lock:
+            untagged, deleted = self.store.remove(ref, in_use)
+            if deleted is not None:
+                await self._prune_files()
+        return {"untagged": untagged, "deleted": deleted}
+
+    async def prune(self) -> dict[str, Any]:
+        async with self.lock:
+            return await self._prune_files()
+
+    async def _prune_files(self) -> dict[str, Any]:
+        blobs, layers = await trio.to_thread.run_sync(self.store.unreferenced)
+        for path in blobs:
+            os.unlink(path)
+        for path in layers:
+            await self._remove_tree(path)
+        return {"blobs": len(blobs), "layers": len(layers)}
+
+
+def _media_type(path: str) -> str:
+    from runtime.images.store import LAYER_GZIP_MEDIA_TYPE, LAYER_MEDIA_TYPE
+
+    with open(path, "rb") as f:
+        return LAYER_GZIP_MEDIA_TYPE if f.read(2) == b"\x1f\x8b" else LAYER_MEDIA_TYPE
+
+
+def summary(image: Image) -> dict[str, Any]:
+    return {"id": image.id, "short_id": image.short_id, "tags": list(image.tags),
+            "created": image.created, "size": image.size, "layers": len(image.layers)}
+
+
+def image_defaults(image: Image) -> dict[str, Any]:
+    """What a container of ``image`` inherits: Env, Entrypoint, Cmd, WorkingDir, User."""
+    config = image.config.get("config") or {}
+    return {
+        "env": list(config.get("Env") or []),
+        "entrypoint": list(config.get("Entrypoint") or []),
+        "cmd": list(config.get("Cmd") or []),
+        "workdir": config.get("WorkingDir") or "",
+        "user": config.get("User") or "",
+    }

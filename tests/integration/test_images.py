@@ -1,0 +1,79 @@
+"""Images end to end (the first slice): a rootfs tarball imported as an image, run,
+listed, tagged and removed, as root and rootless; nothing of it left after removal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration import harness
+from tests.integration.harness import Myctr
+
+
+@pytest.fixture
+def rootfs_tar(myctr: Myctr) -> Path:
+    """The busybox test rootfs as a gzip tarball the runner's user can read."""
+    tar = myctr.state_root / "rootfs.tar.gz"
+    subprocess.run(["tar", "-C", str(myctr.rootfs), "--numeric-owner", "-czf", str(tar), "."],
+                   check=True)
+    harness.chown_tree(tar, myctr.user)
+    return tar
+
+
+def _images(myctr: Myctr) -> list[dict]:  # type: ignore[type-arg]
+    result = myctr("images", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def _store_files(myctr: Myctr) -> list[str]:
+    root = myctr.state_root / "data" / "images"
+    return sorted(os.listdir(root / "blobs" / "sha256")) + sorted(os.listdir(root / "layers"))
+
+
+class TestImportAndRun:
+    def test_import_run_tag_remove(self, myctr: Myctr, rootfs_tar: Path) -> None:
+        imported = myctr("image", "import", str(rootfs_tar), "testbox:1")
+        assert imported.returncode == 0, imported.stderr
+        image_id = imported.stdout.strip()
+        assert image_id.startswith("sha256:")
+        [listed] = _images(myctr)
+        assert listed["tags"] == ["testbox:1"] and listed["id"] == image_id
+        # a container of the image: the layer is its lower dir, the image's PATH applies
+        run = myctr("run", "--rm", "testbox:1", "/probe", "info")
+        assert run.returncode == 0, run.stderr
+        info = json.loads(run.stdout)
+        assert info["pid"] == 1 and any(e.startswith("PATH=/usr/local/sbin") for e in info["env"])
+        written = myctr("run", "--rm", "testbox:1", "sh", "-c", "echo hi > /f; cat /f")
+        assert written.stdout == "hi\n", written.stderr
+        # tags: a second name untags, the last name (or the id) deletes
+        assert myctr("image", "tag", "testbox:1", "other").returncode == 0
+        assert sorted(_images(myctr)[0]["tags"]) == ["other:latest", "testbox:1"]
+        assert myctr("image", "rm", "other").returncode == 0
+        assert _images(myctr)[0]["tags"] == ["testbox:1"]
+        # in use: refused while a container of it exists
+        assert myctr("create", "--name", "c", "testbox:1", "true").returncode == 0
+        refused = myctr("image", "rm", "testbox:1")
+        assert refused.returncode == 125 and "used by a container" in refused.stderr
+        assert myctr("rm", "c").returncode == 0
+        assert myctr("image", "rm", "testbox:1").returncode == 0
+        assert _images(myctr) == [] and _store_files(myctr) == []
+
+    def test_bad_input(self, myctr: Myctr, rootfs_tar: Path) -> None:
+        missing = myctr("run", "--rm", "nosuchimage", "true")
+        assert missing.returncode == 125 and "no such image: nosuchimage" in missing.stderr
+        bad_name = myctr("image", "import", str(rootfs_tar), "Bad Name")
+        assert bad_name.returncode == 125 and "invalid image name" in bad_name.stderr
+        evil = myctr.state_root / "evil.tar"
+        subprocess.run(["tar", "-C", "/", "-cf", str(evil), "--absolute-names", "/etc/hostname"],
+                       check=True)
+        harness.chown_tree(evil, myctr.user)
+        refused = myctr("image", "import", str(evil), "evil")
+        assert refused.returncode == 125 and "refused" in refused.stderr, refused.stderr
+        assert _images(myctr) == [] and _store_files(myctr) == []
+        assert myctr("image", "prune").returncode == 0
+        assert _store_files(myctr) == []
