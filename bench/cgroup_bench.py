@@ -70,6 +70,7 @@ from bench.supervisor_bench import (
     comparison,
     delete_oci,
     open_bench,
+    parse_sections,
     print_report,
     remove_myctr,
     run_all,
@@ -964,14 +965,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gap-ms", type=float, help=f"idle ms before each start "
                                                      f"({FULL.gap_s * 1000:.0f}; 0: back to "
                                                      "back)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections (default: {','.join(SECTIONS)})")
-    args = parser.parse_args(argv)
-    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(args.only) - set(SECTIONS))
-    if unknown or not args.only:
-        parser.error(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    args = parse_sections(parser, argv, SECTIONS)
     base = QUICK if args.quick else FULL
     gap_s = None if args.gap_ms is None else args.gap_ms / 1000
     args.sizes = base._replace(**{k: v for k, v in (("runs", args.runs),

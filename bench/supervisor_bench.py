@@ -1060,18 +1060,25 @@ def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Secti
         return [results[name] for name in SECTIONS if name in results]
 
 
+def parse_sections(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                   sections: Sequence[str]) -> argparse.Namespace:
+    """Add --json and --only SECTIONS to ``parser``, parse, and check the sections."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--only", default=",".join(sections),
+                        help=f"comma-separated sections (default: {','.join(sections)})")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(sections))
+    if unknown or not args.only:
+        parser.error(f"unknown section(s) {unknown}; known: {', '.join(sections)}")
+    return args
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.supervisor_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections (default: {','.join(SECTIONS)})")
-    args = parser.parse_args(argv)
-    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(args.only) - set(SECTIONS))
-    if unknown or not args.only:
-        parser.error(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    args = parse_sections(parser, argv, SECTIONS)
     return args
 
 

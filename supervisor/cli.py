@@ -523,7 +523,12 @@ async def image_import(paths: Any, tarball: str, name: str) -> int:
     return 0
 
 
-def _list_images(paths: Any, fmt: str, quiet: bool) -> int:
+@image.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.pass_obj
+async def image_ls(paths: Any, fmt: str, quiet: bool) -> int:
+    """List images."""
     import time
 
     rows = _client(paths).call("image.list", {})
@@ -544,22 +549,7 @@ def _list_images(paths: Any, fmt: str, quiet: bool) -> int:
     return 0
 
 
-@image.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
-@click.pass_obj
-async def image_ls(paths: Any, fmt: str, quiet: bool) -> int:
-    """List images."""
-    return _list_images(paths, fmt, quiet)
-
-
-@cli.command("images")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
-@click.pass_obj
-async def images_command(paths: Any, fmt: str, quiet: bool) -> int:
-    """List images (image ls)."""
-    return _list_images(paths, fmt, quiet)
+cli.add_command(image_ls, "images")  # docker's and podman's spelling too
 
 
 @image.command("inspect")

@@ -52,31 +52,26 @@ class Spawner:
 
     async def remove_trees(self, paths: list[str], plan: IdMapPlan) -> None:
         """Remove directories as root of a user namespace with ``plan`` (rootless)."""
-        payload = json.dumps({"op": "rmtree", "paths": paths,
-                              "plan": zygote.encode_plan(plan)}).encode()
-        async with self._lock:
-            with trio.CancelScope(shield=True):  # see _ask
-                await self._sock.send(payload)
-                data = await self._sock.recv(zygote.MAX_PACKET)
-        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": {
-            "type": "HostError", "errno": 0, "message": "the zygote exited"}}
-        if not reply["ok"]:
-            raise zygote.decode_error(reply["error"])
+        await self._request({"op": "rmtree", "paths": paths, "plan": zygote.encode_plan(plan)})
 
     async def unpack_layer(self, tar: str, dest: str, plan: IdMapPlan) -> str:
         """Unpack an image layer in a user namespace with ``plan`` (rootless); its
         diff_id."""
-        payload = json.dumps({"op": "unpack", "tar": tar, "dest": dest,
-                              "plan": zygote.encode_plan(plan)}).encode()
+        reply = await self._request({"op": "unpack", "tar": tar, "dest": dest,
+                                     "plan": zygote.encode_plan(plan)})
+        return str(reply["diff_id"])
+
+    async def _request(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """One request without descriptors; its reply, or the zygote's error raised."""
         async with self._lock:
             with trio.CancelScope(shield=True):  # see _ask
-                await self._sock.send(payload)
+                await self._sock.send(json.dumps(doc).encode())
                 data = await self._sock.recv(zygote.MAX_PACKET)
         reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": {
             "type": "HostError", "errno": 0, "message": "the zygote exited"}}
         if not reply["ok"]:
             raise zygote.decode_error(reply["error"])
-        return str(reply["diff_id"])
+        return reply
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
