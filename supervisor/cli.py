@@ -552,6 +552,16 @@ async def image_ls(paths: Any, fmt: str, quiet: bool) -> int:
 cli.add_command(image_ls, "images")  # docker's and podman's spelling too
 
 
+@image.command("bootstrap")
+@click.argument("kind", type=click.Choice(["busybox"]))
+@click.argument("name", default="busybox:latest")
+@click.pass_obj
+async def image_bootstrap(paths: Any, kind: str, name: str) -> int:
+    """Build image NAME (default busybox:latest) from the host's busybox-static."""
+    click.echo(_client(paths).call("image.bootstrap", {"kind": kind, "name": name})["id"])
+    return 0
+
+
 @image.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_obj

@@ -30,7 +30,8 @@ class ImageService:
         self.plan = plan  # rootless: the user's subordinate map; root: None
         self.lock = trio.Lock()  # one writer at a time (imports, removals, prune)
 
-    async def import_tar(self, path: str, name: str, changes: dict[str, Any]) -> Image:
+    async def import_tar(self, path: str, name: str, changes: dict[str, Any],
+                         history: str | None = None) -> Image:
         """``image import``: a rootfs tarball (plain or gzip) as a one-layer image."""
         if not os.path.isabs(path) or not os.path.isfile(path):
             raise SpecError(f"image import: {path}: no such file")
@@ -54,9 +55,25 @@ class ImageService:
             layer = {"digest": blob, "diff_id": diff_id, "size": size,
                      "media_type": _media_type(self.store.blob_path(blob))}
             config = {"Env": [DEFAULT_ENV], **changes}
-            history = f"myctr image import {os.path.basename(path)}"
+            history = history or f"myctr image import {os.path.basename(path)}"
             return await trio.to_thread.run_sync(
                 self.store.commit, [layer], config, [tag], history)
+
+    async def bootstrap_busybox(self, name: str) -> Image:
+        """``image bootstrap busybox``: an image from the host's busybox-static, for
+        machines without a registry; its files belong to root, its Cmd is ``sh``."""
+        import tempfile
+
+        work = await trio.to_thread.run_sync(
+            lambda: tempfile.mkdtemp(prefix=".bootstrap-", dir=self.store.root))
+        try:
+            tar = await trio.to_thread.run_sync(_busybox_tarball, work)
+            return await self.import_tar(tar, name, {"Cmd": ["sh"]},
+                                         history="myctr image bootstrap busybox")
+        finally:
+            import shutil
+
+            await trio.to_thread.run_sync(shutil.rmtree, work, True)
 
     async def _unpack(self, tar: str, dest: str) -> str:
         if self.plan is None:
@@ -99,6 +116,26 @@ class ImageService:
         for path in layers:
             await self._remove_tree(path)
         return {"blobs": len(blobs), "layers": len(layers)}
+
+
+def _busybox_tarball(work: str) -> str:
+    """The busybox rootfs as a gzip tarball whose files all belong to root."""
+    import tarfile
+
+    from runtime.bootstrap import bootstrap_busybox
+
+    rootfs = os.path.join(work, "rootfs")
+    bootstrap_busybox(rootfs)
+    path = os.path.join(work, "busybox.tar.gz")
+
+    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        return info
+
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        archive.add(rootfs, arcname=".", filter=as_root)
+    return path
 
 
 def _media_type(path: str) -> str:

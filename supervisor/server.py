@@ -82,6 +82,7 @@ class ControlServer:
             "image.import": self.image_import, "image.list": self.image_list,
             "image.inspect": self.image_inspect, "image.remove": self.image_remove,
             "image.tag": self.image_tag, "image.prune": self.image_prune,
+            "image.bootstrap": self.image_bootstrap,
         }
 
     async def serve(self, path: str,
@@ -260,6 +261,14 @@ class ControlServer:
             raise protocol.RpcError(protocol.INVALID_PARAMS,
                                     "invalid params: 'path' and 'name' must be strings")
         image = await self.sup.images.import_tar(path, name, {})
+        self.events.emit("image-import", image.id, ",".join(image.tags))
+        return {"id": image.id, "tags": list(image.tags)}
+
+    async def image_bootstrap(self, params: dict[str, Any]) -> dict[str, Any]:
+        kind, name = params.get("kind", "busybox"), params.get("name", "busybox:latest")
+        if kind != "busybox" or not isinstance(name, str):
+            raise SpecError(f"image bootstrap: unknown kind {kind!r} (known: busybox)")
+        image = await self.sup.images.bootstrap_busybox(name)
         self.events.emit("image-import", image.id, ",".join(image.tags))
         return {"id": image.id, "tags": list(image.tags)}
 

@@ -77,3 +77,18 @@ class TestImportAndRun:
         assert _images(myctr) == [] and _store_files(myctr) == []
         assert myctr("image", "prune").returncode == 0
         assert _store_files(myctr) == []
+
+
+def test_bootstrap_busybox_image(myctr: Myctr) -> None:
+    """image bootstrap busybox: busybox:latest from the host's busybox-static, files
+    owned by root in the container, Cmd sh."""
+    made = myctr("image", "bootstrap", "busybox")
+    assert made.returncode == 0, made.stderr
+    assert [i["tags"] for i in _images(myctr)] == [["busybox:latest"]]
+    owners = myctr("run", "--rm", "busybox", "stat", "-c", "%u:%g %n", "/bin/busybox", "/etc")
+    assert owners.stdout.split("\n")[:2] == ["0:0 /bin/busybox", "0:0 /etc"], owners
+    shell = myctr("run", "--rm", "-i", "busybox", input="echo $((6 * 7))\n")
+    assert shell.stdout == "42\n", shell
+    assert myctr("image", "rm", "busybox").returncode == 0
+    assert _store_files(myctr) == []
+    assert sorted(os.listdir(myctr.state_root / "data" / "images")) == ["blobs", "layers"]
