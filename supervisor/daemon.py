@@ -22,16 +22,24 @@ from supervisor.zygote import start_zygote
 log = get_logger("myctr.supervisor")
 
 
-def lock_state_root(paths: StatePaths) -> int:
-    """An exclusive lock on the state root, held for the supervisor's life."""
+def lock_state_root(paths: StatePaths, wait: float = 10.0) -> int:
+    """An exclusive lock on the state root, held for the supervisor's life (and its
+    zygote's: after a crash, the zygote keeps it while it removes what was left, so
+    the next supervisor waits for that, up to ``wait`` seconds)."""
+    import time
+
     fd = os.open(os.path.join(paths.run, "supervisor.lock"),
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Conflict(f"a supervisor already runs for {paths.run}") from None
-    return fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise Conflict(f"a supervisor already runs for {paths.run}") from None
+            time.sleep(0.02)
 
 
 def daemonize(log_path: str) -> int | None:
@@ -85,7 +93,7 @@ def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> 
         if pid is not None:
             return 0 if pid > 0 else 1
     lock_fd = lock_state_root(paths)
-    zygote_pid, zygote_sock = start_zygote()
+    zygote_pid, zygote_sock = start_zygote(paths.run)
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     import trio
 

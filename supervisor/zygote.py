@@ -30,7 +30,6 @@ import signal
 import socket
 from typing import Any, NamedTuple
 
-from runtime import libc
 from runtime.containerdir import rmtree
 from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
@@ -49,7 +48,7 @@ class CreatedInit(NamedTuple):
     pty_master: int | None
 
 
-def start_zygote() -> tuple[int, socket.socket]:
+def start_zygote(run_dir: str) -> tuple[int, socket.socket]:
     """Fork the zygote; return (its pid, the supervisor's end of its socket)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -58,6 +57,7 @@ def start_zygote() -> tuple[int, socket.socket]:
         try:
             ours.close()
             serve(theirs)
+            remove_stale_cgroups(run_dir)
         except BaseException:
             code = 1
         finally:
@@ -67,9 +67,13 @@ def start_zygote() -> tuple[int, socket.socket]:
 
 
 def serve(sock: socket.socket) -> None:
-    """The zygote's loop: one create request at a time until the supervisor goes."""
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    """The zygote's loop: one create request at a time until the supervisor goes.
+
+    The supervisor's end of the socket closes when it exits, however it exits (it is
+    the only holder): then the loop ends. No PDEATHSIG: the zygote outlives a killed
+    supervisor for as long as it takes to remove the container cgroups it left."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
@@ -83,9 +87,28 @@ def serve(sock: socket.socket) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
-        socket.send_fds(sock, [json.dumps(reply).encode()], reply_fds)
-        for fd in reply_fds:
-            os.close(fd)
+        try:
+            socket.send_fds(sock, [json.dumps(reply).encode()], reply_fds)
+        except OSError:  # the supervisor died while we worked
+            return
+        finally:
+            for fd in reply_fds:
+                os.close(fd)
+
+
+def remove_stale_cgroups(run_dir: str) -> None:
+    """After the supervisor: its cgroup state file is gone after a clean shutdown; if
+    it is still there, the supervisor died, and what it recorded is removed now (its
+    inits died with it through PDEATHSIG), not only when a next supervisor starts."""
+    from runtime import cgroups
+    from runtime.cgroups import v1, v2
+
+    doc = cgroups.load_state(run_dir)
+    if doc is None:
+        return
+    with contextlib.suppress(OSError, ContainerError):
+        (v2 if doc.get("version") == 2 else v1).recover(doc)
+        cgroups.clear_state(run_dir)
 
 
 def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:

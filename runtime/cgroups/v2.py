@@ -12,7 +12,6 @@ it. On shutdown that is undone.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import time
@@ -134,23 +133,9 @@ class V2Driver:
 
     def teardown(self) -> None:
         """Remove the (empty) base; move the supervisor back where it came from."""
-        if not self.ready:
-            return
-        if self.moved_from is not None:
-            with contextlib.suppress(OSError):
-                write(os.path.join(self.base, "cgroup.subtree_control"),
-                      " ".join(f"-{c}" for c in self.controllers) or "")
-            for c in self.enabled_above:
-                with contextlib.suppress(OSError):
-                    write(os.path.join(self.moved_from, "cgroup.subtree_control"), f"-{c}")
-            for pid in read_pids(os.path.join(self.base, "supervisor", "cgroup.procs")):
-                with contextlib.suppress(OSError):
-                    write(os.path.join(self.moved_from, "cgroup.procs"), str(pid))
-        for leaf in ("supervisor", ""):
-            path = os.path.join(self.base, leaf) if leaf else self.base
-            with contextlib.suppress(HostError):
-                rmdir_when_empty(path, timeout=0.5)
-        self.ready = False
+        if self.ready:
+            _undo_setup(self.state())
+            self.ready = False
 
     # --- containers -----------------------------------------------------------------
 
@@ -282,7 +267,7 @@ class V2Cgroup:
         if not os.path.isdir(self.path):
             return
         if self.populated():
-            with _suppress_missing():
+            with contextlib.suppress(OSError):
                 self.thaw()
             self.kill()
         remove_tree(self.path)  # with any cgroups the container made below its own
@@ -301,8 +286,30 @@ def io_max_lines(r: Resources) -> list[str]:
             for (major, minor), parts in per_device.items()]
 
 
+def _undo_setup(doc: dict[str, Any]) -> None:
+    """Undo :meth:`V2Driver.setup` (its ``state()`` is ``doc``): with the supervisor
+    moved into a leaf, disable the controllers we enabled and move whoever is still in
+    the leaf (the supervisor, or the zygote after it died) back; remove leaf and base."""
+    moved_from = doc.get("moved_from")
+    for base in doc.get("bases", []):
+        if moved_from is not None:
+            subtree = os.path.join(base, "cgroup.subtree_control")
+            with contextlib.suppress(OSError):
+                for c in read(subtree).split():
+                    write(subtree, f"-{c}")
+            for c in doc.get("enabled_above", []):
+                with contextlib.suppress(OSError):
+                    write(os.path.join(moved_from, "cgroup.subtree_control"), f"-{c}")
+            for pid in read_pids(os.path.join(base, "supervisor", "cgroup.procs")):
+                with contextlib.suppress(OSError):
+                    write(os.path.join(moved_from, "cgroup.procs"), str(pid))
+        for path in (os.path.join(base, "supervisor"), base):
+            with contextlib.suppress(HostError):
+                rmdir_when_empty(path, timeout=0.5)
+
+
 def recover(doc: dict[str, Any]) -> None:
-    """Remove what a crashed supervisor left below its bases."""
+    """Remove what a dead supervisor left below its bases, then the bases."""
     for base in doc.get("bases", []):
         if not os.path.isdir(base):
             continue
@@ -310,31 +317,9 @@ def recover(doc: dict[str, Any]) -> None:
             path = os.path.join(base, name)
             if not os.path.isdir(path) or name == "supervisor":
                 continue
-            with _suppress_missing():
-                write(os.path.join(path, "cgroup.freeze"), "0")
-            with _suppress_missing():
-                write(os.path.join(path, "cgroup.kill"), "1")
-            remove_tree(path)
-        leaf = os.path.join(base, "supervisor")
-        if os.path.isdir(leaf) and not read_pids(os.path.join(leaf, "cgroup.procs")):
-            with _suppress_busy():
-                rmdir_when_empty(leaf, timeout=0.2)
-        with _suppress_busy():
-            rmdir_when_empty(base, timeout=0.2)
-
-
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, OSError) and getattr(exc, "errno", None) in (
-            errno.ENOENT, errno.ENODEV, errno.EINVAL)
-
-
-class _suppress_busy:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, HostError)
+            for control, value in (("cgroup.freeze", "0"), ("cgroup.kill", "1")):
+                with contextlib.suppress(OSError):
+                    write(os.path.join(path, control), value)
+            with contextlib.suppress(HostError):  # the next supervisor tries again
+                remove_tree(path)
+    _undo_setup(doc)

@@ -204,8 +204,21 @@ def leftovers(state_root: Path) -> dict[str, list[str]]:
         "mounts": mounts_mentioning(str(state_root)),
         "processes": [str(p) for p in processes_using(str(state_root))],
         "container_dirs": sorted(os.listdir(containers)) if containers.exists() else [],
+        "cgroups": cgroup_bases(state_root),
     }
     return {k: v for k, v in found.items() if v}
+
+
+def cgroup_bases(state_root: Path) -> list[str]:
+    """The state root's cgroup bases (below this process's own cgroups) that exist."""
+    from runtime.cgroups import Unavailable, detect, state_tag
+
+    try:
+        driver = detect(state_tag(str(state_root)))
+    except Unavailable:
+        return []
+    bases = [driver.base] if driver.version == 2 else list(driver.dirs.values())
+    return sorted(b for b in bases if os.path.exists(b))
 
 
 def group_name(gid: int) -> str:

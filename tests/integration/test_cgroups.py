@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from runtime.cgroups import detect, state_tag
 from tests.integration import harness
 from tests.integration.conftest import _home, _runner
 from tests.integration.harness import Myctr
@@ -78,13 +77,12 @@ def _make_runner(request: pytest.FixtureRequest, workspace: Path,
 
 
 def _our_cgroups(runner: Limited) -> list[str]:
-    """The cgroups of this state root that still exist (after its supervisor left)."""
-    if runner.delegated is not None:
-        return [p for p in harness.remove_cgroup_tree(runner.delegated)
-                if not Path(p).name.startswith("session-")]
-    driver = detect(state_tag(str(runner.state_root)))
-    bases = [driver.base] if driver.version == 2 else list(driver.dirs.values())
-    return [b for b in bases if os.path.exists(b)]
+    """The cgroups of this state root that still exist (after its supervisor left);
+    the bases below our own cgroups are in harness.leftovers."""
+    if runner.delegated is None:
+        return []
+    return [p for p in harness.remove_cgroup_tree(runner.delegated)
+            if not Path(p).name.startswith("session-")]
 
 
 def _finish(runner: Limited) -> None:
@@ -338,6 +336,23 @@ def _loop_device(workdir: Path) -> tuple[str, str] | None:
     node = made.stdout.strip()
     rdev = os.stat(node).st_rdev
     return node, f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def test_crash_alone_leaves_no_cgroup(limited: Limited) -> None:
+    """kill -9 of the supervisor, and no supervisor after it: its zygote, which
+    outlives it, removes the container cgroups and the bases, then exits."""
+    limited.detached("--name", "orphan", "-m", "64m", "/bin/sleep", "1000")
+    dirs = list(limited.call("container.inspect", id="orphan")["cgroup"])
+    base = limited.call("info")["cgroups"]["base"]
+    dirs += [base] if isinstance(base, str) else base
+    assert dirs and all(os.path.isdir(d) for d in dirs)
+    pid = limited.call("ping")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _until(lambda: not [d for d in dirs if os.path.exists(d)]
+           and not harness.processes_using(str(limited.state_root)))
+    limited.start_supervisor()  # the container itself is still there, exited
+    assert limited.call("container.inspect", id="orphan")["status"] == "exited"
+    assert limited("rm", "orphan").returncode == 0
 
 
 class TestWithoutCgroups:
