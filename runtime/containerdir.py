@@ -20,15 +20,22 @@ def new_id() -> str:
     return os.urandom(32).hex()
 
 
-def process_start_time(pid: int) -> int:
-    """The start time (clock ticks since boot) of ``pid``: with the pid it names one
-    process for good, since a recycled pid has another start time. 0 if gone."""
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if
+    the process is gone. The name may hold spaces and parentheses: split after it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return 0
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int:
+    """The start time (clock ticks since boot) of ``pid``: with the pid it names one
+    process for good, since a recycled pid has another start time. 0 if gone."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else 0
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:

@@ -28,7 +28,7 @@ import trio
 from runtime import cgroups as cg
 from runtime import libc
 from runtime.cgroups.limits import Resources
-from runtime.errors import ContainerError, SpecError
+from runtime.errors import ContainerError
 from runtime.log import get_logger
 from runtime.paths import StatePaths
 
@@ -162,10 +162,10 @@ class Watcher:
     what changed (the engine calls it once more after the init exited, so nothing
     that happened just before the exit goes unreported)."""
 
-    def __init__(self, handle: Any, version: int, emit: Emit, inotify: Inotify,
+    def __init__(self, handle: Any, emit: Emit, inotify: Inotify,
                  close_later: Callable[[list[int]], None]) -> None:
         self.handle = handle
-        self.version = version
+        self.version: int = handle.version
         self.emit = emit
         self.inotify = inotify
         self.close_later = close_later
@@ -173,14 +173,18 @@ class Watcher:
         self.memory: dict[str, int] = {}
         self.pids: dict[str, int] = {}
 
+    @property
+    def oom_killed(self) -> bool:
+        """Did the OOM killer kill in this run's cgroup (as of the last check)?"""
+        return self.memory.get("oom_kill", 0) > 0
+
     def check(self) -> bool:
         """Emit what changed since the last reading; True when an oom was emitted."""
         now = self.handle.memory_events()
         oom = now.get("oom_kill", 0) > self.memory.get("oom_kill", 0) or now.get(
             "oom", 0) > self.memory.get("oom", 0)
         if oom:
-            self.emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
-                                                           "oom_kill")})
+            self._emit_oom(now)
         self.memory = now
         pids = self.handle.pids_events()
         if pids.get("max", 0) > self.pids.get("max", 0):
@@ -231,9 +235,11 @@ class Watcher:
                 while self.handle.memory_events().get("oom_kill", 0) <= kills:
                     await trio.sleep(0.0005)
             if not self.check():
-                now = self.handle.memory_events()
-                self.emit("oom", **{k: now.get(k, 0) for k in ("low", "high", "max", "oom",
-                                                               "oom_kill")})
+                self._emit_oom(self.memory)
+
+    def _emit_oom(self, counters: dict[str, int]) -> None:
+        self.emit("oom", **{k: counters.get(k, 0) for k in ("low", "high", "max", "oom",
+                                                           "oom_kill")})
 
     async def _pressure(self, fd: int) -> None:
         """A PSI trigger signals POLLPRI, which trio's epoll does not watch: wait on an
@@ -293,20 +299,3 @@ def _read_pressure(path: str) -> dict[str, float]:
                 if key == "avg10":
                     out[kind] = float(value)
     return out
-
-
-def cpu_percent(before: dict[str, Any], after: dict[str, Any], seconds: float) -> float:
-    """docker's CPU %: CPU time used over wall time, 100% = one CPU busy."""
-    if seconds <= 0:
-        return 0.0
-    used = after.get("cpu_usage_ns", 0) - before.get("cpu_usage_ns", 0)
-    return max(used, 0) / (seconds * 1e9) * 100.0
-
-
-def parse_update(params: dict[str, Any]) -> Resources:
-    from runtime.cgroups.limits import parse_resources
-
-    resources = parse_resources(params)
-    if not resources.any():
-        raise SpecError("update: nothing to change (give --memory, --cpus, --pids-limit, ...)")
-    return resources

@@ -330,8 +330,12 @@ async def stats(paths: Any, no_stream: bool, fmt: str, interval: float,
                                                        {"id": row["id"], "interval": 0})
                     except ContainerError:
                         continue
-                rows = [_cpu_between(row, later[row["id"]], min(interval, 1.0))
-                        for row in rows if row["id"] in later]
+                from runtime.cgroups import cpu_percent
+
+                window = min(interval, 1.0)
+                rows = [{**later[r["id"]],
+                         "cpu_percent": cpu_percent(r, later[r["id"]], window)}
+                        for r in rows if r["id"] in later]
         if fmt == "json":
             click.echo(json.dumps(rows, indent=2 if no_stream else None))
         else:
@@ -352,11 +356,6 @@ async def stats(paths: Any, no_stream: bool, fmt: str, interval: float,
             import time
 
             time.sleep(interval - 1.0)
-
-
-def _cpu_between(first: dict[str, Any], second: dict[str, Any], seconds: float) -> dict[str, Any]:
-    used = max(second["cpu_usage_ns"] - first["cpu_usage_ns"], 0)
-    return {**second, "cpu_percent": used / (seconds * 1e9) * 100.0}
 
 
 @cli.command()

@@ -75,17 +75,6 @@ def signal_ready() -> None:
         os.close(int(fd))
 
 
-def cgroup_driver() -> str:
-    """v2 when / is a pure cgroup2 hierarchy, v1 when v1 controllers are mounted."""
-    kinds = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fstype = line.split(" - ", 1)[1].split()[0] if " - " in line else ""
-            if fstype in ("cgroup", "cgroup2"):
-                kinds.add(fstype)
-    return "v1" if "cgroup" in kinds else "v2" if "cgroup2" in kinds else "none"
-
-
 def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> int:
     paths.ensure()
     if detach:
@@ -121,7 +110,8 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery)
-        server = ControlServer(sup, events, default_info(paths, cgroup_driver()), stop.set)
+        driver = f"v{sup.cgroups.version}" if sup.cgroups.version else "none"
+        server = ControlServer(sup, events, default_info(paths, driver), stop.set)
         nursery.start_soon(sup.reap_strays)
         await sup.recover()
         await nursery.start(server.serve, socket_path(paths.run))

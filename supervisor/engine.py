@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import trio
 
 from runtime import containerdir, libc
-from runtime.containerdir import ContainerDir, process_start_time
+from runtime.containerdir import ContainerDir, proc_stat, process_start_time
 from runtime.errors import Conflict, ContainerError, HostError, SpecError
 from runtime.init import InitConfig
 from runtime.log import get_logger
@@ -348,42 +348,45 @@ class Supervisor:
         group = c.cgroup
         watcher = None
         if group is not None:
-            watcher = Watcher(group, self.cgroups.version or 2,
-                              lambda type, **attrs: self._emit(c, type, **attrs),
+            watcher = Watcher(group, lambda type, **attrs: self._emit(c, type, **attrs),
                               self.inotify, self._close_later)
         watching = trio.CancelScope()
         oom_killed = False
         try:
-            async with trio.open_nursery() as pumps:
-                if watcher is not None:
-                    pumps.start_soon(self._watch_cgroup, c, watcher, watching)
-                if init.pty_master is not None:
-                    if attach is not None:
-                        attach.pty_master = init.pty_master  # the client pumps the pty
-                        close_quietly(out_r, err_r)
+            try:
+                async with trio.open_nursery() as pumps:
+                    if watcher is not None:
+                        pumps.start_soon(self._watch_cgroup, c, watcher, watching)
+                    if init.pty_master is not None:
+                        if attach is not None:
+                            attach.pty_master = init.pty_master  # the client pumps the pty
+                            close_quietly(out_r, err_r)
+                        else:
+                            pumps.start_soon(_pump, init.pty_master, "stdout", writer, None)
+                            close_quietly(out_r, err_r)
                     else:
-                        pumps.start_soon(_pump, init.pty_master, "stdout", writer, None)
-                        close_quietly(out_r, err_r)
-                else:
-                    pumps.start_soon(_pump, out_r, "stdout", writer,
-                                     attach.stdout if attach else None)
-                    pumps.start_soon(_pump, err_r, "stderr", writer,
-                                     attach.stderr if attach else None)
-                code = await _wait_exit(init.pid, init.pidfd)
-                if watcher is not None:
-                    # The last word before the cgroup goes: events of the final moments
-                    # and the OOM verdict of this run (its cgroup was fresh).
-                    watcher.check()
-                    oom_killed = group.oom_kills() > 0
-                    watching.cancel()
+                        pumps.start_soon(_pump, out_r, "stdout", writer,
+                                         attach.stdout if attach else None)
+                        pumps.start_soon(_pump, err_r, "stderr", writer,
+                                         attach.stderr if attach else None)
+                    code = await _wait_exit(init.pid, init.pidfd)
+                    if watcher is not None:
+                        # The last word before the cgroup goes: events of the final moments
+                        # and the OOM verdict of this run (its cgroup was fresh).
+                        watcher.check()
+                        oom_killed = watcher.oom_killed
+                        watching.cancel()
+            finally:
+                writer.close()
+                self.known_children.discard(init.pid)
+                with trio.CancelScope(shield=True):
+                    await self._drop_cgroup(c)
+            self._exit(c, code, oom_killed)
         finally:
-            writer.close()
+            # Closed only once the exit is recorded: until then a stop or kill that
+            # arrives finds an init that is gone (signals are no-ops), not an error.
             close_quietly(init.pidfd)
             c.pidfd = -1
-            self.known_children.discard(init.pid)
-            with trio.CancelScope(shield=True):
-                await self._drop_cgroup(c)
-        self._exit(c, code, oom_killed)
         return code
 
     def _close_later(self, fds: list[int]) -> None:
@@ -472,8 +475,7 @@ class Supervisor:
         if c.status == Status.RESTARTING and c.scope is not None:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
-            if c.pidfd >= 0:  # else the init just exited: its cgroup is being removed
-                self.signal(c, STOP_SIGNAL)
+            self.signal(c, STOP_SIGNAL)
             if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
                 await self.unpause(c)
             with trio.move_on_after(timeout):
@@ -563,7 +565,7 @@ class Supervisor:
 
     async def stats(self, c: Container, interval: float = 0.0) -> dict[str, Any]:
         """Usage from the container's cgroup; cpu_percent over ``interval`` seconds."""
-        from supervisor.cgroups import cpu_percent
+        from runtime.cgroups import cpu_percent
 
         group = self._group(c, "stats")
         first = await trio.to_thread.run_sync(group.stats)
@@ -702,13 +704,7 @@ def _zombie_children() -> list[int]:
             children = [int(p) for p in f.read().split()]
     except OSError:
         return []
-    zombies = []
-    for pid in children:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-            if stat[stat.rindex(b")") + 2 :].split()[0] == b"Z":
-                zombies.append(pid)
-    return zombies
+    return [pid for pid in children if (proc_stat(pid) or [b""])[0] == b"Z"]
 
 
 async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) -> None:

@@ -53,7 +53,7 @@ class ImageService:
                     await self._prune_files()  # the blob, unless an image shares it
                 raise
             layer = {"digest": blob, "diff_id": diff_id, "size": size,
-                     "media_type": _media_type(self.store.blob_path(blob))}
+                     "media_type": self.store.layer_media_type(blob)}
             config = {"Env": [DEFAULT_ENV], **changes}
             history = history or f"myctr image import {os.path.basename(path)}"
             return await trio.to_thread.run_sync(
@@ -136,13 +136,6 @@ def _busybox_tarball(work: str) -> str:
     with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
         archive.add(rootfs, arcname=".", filter=as_root)
     return path
-
-
-def _media_type(path: str) -> str:
-    from runtime.images.store import LAYER_GZIP_MEDIA_TYPE, LAYER_MEDIA_TYPE
-
-    with open(path, "rb") as f:
-        return LAYER_GZIP_MEDIA_TYPE if f.read(2) == b"\x1f\x8b" else LAYER_MEDIA_TYPE
 
 
 def summary(image: Image) -> dict[str, Any]:

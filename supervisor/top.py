@@ -8,6 +8,8 @@ import os
 import pwd
 from typing import Any
 
+from runtime.containerdir import proc_stat
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -29,9 +31,9 @@ def processes_in_pid_namespace(init_pid: int) -> list[dict[str, Any]]:
 
 
 def _describe(pid: int) -> dict[str, Any]:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
+    fields = proc_stat(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
     status: dict[str, str] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -165,6 +165,14 @@ def rmdir_when_empty(path: str, timeout: float = 2.0) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def cpu_percent(before: dict[str, Any], after: dict[str, Any], seconds: float) -> float:
+    """docker's CPU %: CPU time used between two stats over wall time, 100% = one CPU."""
+    if seconds <= 0:
+        return 0.0
+    used = int(after.get("cpu_usage_ns", 0)) - int(before.get("cpu_usage_ns", 0))
+    return max(used, 0) / (seconds * 1e9) * 100.0
+
+
 class Unavailable(Exception):
     """Why this process cannot have container cgroups (said by ``info`` and by any
     limit that needs them)."""
@@ -205,11 +213,9 @@ STATE_FILE = "cgroups.json"
 
 def save_state(run_dir: str, doc: dict[str, Any]) -> None:
     """Record the driver's bases atomically (for recovery after a crash)."""
-    path = os.path.join(run_dir, STATE_FILE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    from ..containerdir import atomic_write
+
+    atomic_write(os.path.join(run_dir, STATE_FILE), json.dumps(doc).encode())
 
 
 def load_state(run_dir: str) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ class V1Driver:
                     self.own_dirs[controller] = own_dir
                     self.dirs[controller] = os.path.join(own_dir, tag)
         self.controllers: set[str] = set()
+        self.cpuset: tuple[str, str] = ("", "")  # the base's cpus and mems, for each run
         self.ready = False
 
     def problem(self) -> str | None:
@@ -81,7 +82,7 @@ class V1Driver:
             try:
                 os.makedirs(base, exist_ok=True)
                 if controller == "cpuset":
-                    _inherit_cpuset(base)
+                    self.cpuset = _inherit_cpuset(base)
                 self.controllers.add(controller)
             except OSError:
                 continue
@@ -104,19 +105,29 @@ class V1Driver:
 
     def cgroup(self, cid: str) -> V1Cgroup:
         return V1Cgroup({c: os.path.join(base, cid) for c, base in self.dirs.items()
-                         if c in self.controllers})
+                         if c in self.controllers}, self.cpuset)
 
 
-def _inherit_cpuset(path: str) -> None:
+def _inherit_cpuset(path: str) -> tuple[str, str]:
+    """A new v1 cpuset has no cpus or mems (no task may join): copy the parent's.
+    Returns (cpus, mems) as set."""
     parent = os.path.dirname(path)
+    values = []
     for name in ("cpuset.cpus", "cpuset.mems"):
-        if not read(os.path.join(path, name)).strip():
-            write(os.path.join(path, name), read(os.path.join(parent, name)).strip())
+        value = read(os.path.join(path, name)).strip()
+        if not value:
+            value = read(os.path.join(parent, name)).strip()
+            write(os.path.join(path, name), value)
+        values.append(value)
+    return values[0], values[1]
 
 
 class V1Cgroup:
-    def __init__(self, dirs: dict[str, str]) -> None:
+    version = 1
+
+    def __init__(self, dirs: dict[str, str], cpuset: tuple[str, str] = ("", "")) -> None:
         self.by_controller = dirs
+        self.cpuset = cpuset
         # cpu and cpuacct may share a mount (then one directory serves both)
         self.dirs = tuple(sorted(set(dirs.values())))
         self.procs_files = tuple(os.path.join(d, "cgroup.procs") for d in self.dirs)
@@ -128,13 +139,20 @@ class V1Cgroup:
         return os.path.join(d, name) if d else None
 
     def create(self, resources: Resources) -> None:
-        if any(os.path.isdir(d) for d in self.dirs):  # left by a run whose removal failed
+        try:
+            self._make()
+        except FileExistsError:  # left by a run whose removal failed
             self.remove()
+            self._make()
+        self.apply(resources)
+
+    def _make(self) -> None:
         for controller, d in self.by_controller.items():
             os.mkdir(d)
-            if controller == "cpuset":
-                _inherit_cpuset(d)
-        self.apply(resources)
+            if controller == "cpuset":  # the base's values, read once at setup
+                for name, value in zip(("cpuset.cpus", "cpuset.mems"), self.cpuset,
+                                       strict=True):
+                    write(os.path.join(d, name), value)
 
     def apply(self, r: Resources) -> None:
         writes: list[tuple[str, str, str]] = []
@@ -246,9 +264,6 @@ class V1Cgroup:
     def pids_events(self) -> dict[str, int]:
         path = self._f("pids", "pids.events")
         return read_keyed(path) if path else {}
-
-    def oom_kills(self) -> int:
-        return self.memory_events().get("oom_kill", 0)
 
     def stats(self) -> dict[str, Any]:
         def num(controller: str, name: str) -> int | None:

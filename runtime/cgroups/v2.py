@@ -144,6 +144,8 @@ class V2Driver:
 
 
 class V2Cgroup:
+    version = 2
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.dirs = (path,)
@@ -155,9 +157,11 @@ class V2Cgroup:
         return os.path.join(self.path, name)
 
     def create(self, resources: Resources) -> None:
-        if os.path.isdir(self.path):  # left by a run whose removal failed
+        try:
+            os.mkdir(self.path)
+        except FileExistsError:  # left by a run whose removal failed
             self.remove()
-        os.mkdir(self.path)
+            os.mkdir(self.path)
         self.apply(resources)
 
     def apply(self, r: Resources) -> None:
@@ -233,9 +237,6 @@ class V2Cgroup:
 
     def pids_events(self) -> dict[str, int]:
         return read_keyed(self._f("pids.events"))
-
-    def oom_kills(self) -> int:
-        return self.memory_events().get("oom_kill", 0)
 
     def stats(self) -> dict[str, Any]:
         cpu = read_keyed(self._f("cpu.stat"))

@@ -12,8 +12,8 @@ a crash before that leaves only files that :meth:`ImageStore.prune` removes (blo
 and layers no image refers to, and ``.tmp-*`` leftovers).
 
 Unpacking is the caller's to arrange (rootless it must run inside a user namespace
-with the user's id map): :meth:`ImageStore.add_layer` takes a function that unpacks a
-tar file into an empty directory and returns the layer's diff_id.
+with the user's id map): supervisor/images.py unpacks into a ``.tmp-*`` directory
+below :attr:`ImageStore.layers_dir` and renames it to :meth:`ImageStore.layer_path`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -50,8 +49,6 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-
-Unpacker = Callable[[str, str], str]  # (tar path, empty dest dir) -> diff_id
 
 
 class Image(NamedTuple):
@@ -142,32 +139,9 @@ class ImageStore:
     def layer_path(self, diff_id: str) -> str:
         return os.path.join(self.layers_dir, self.blob_path(diff_id).rsplit("/", 1)[1])
 
-    def add_layer(self, tar_path: str, unpack: Unpacker) -> dict[str, Any]:
-        """Store a layer tarball and unpack it (once per diff_id)."""
-        blob, size = self.put_blob_file(tar_path)
-        tmp = os.path.join(self.layers_dir, f".tmp-{secrets.token_hex(8)}")
-        os.mkdir(tmp, 0o755)
-        try:
-            diff_id = unpack(self.blob_path(blob), tmp)
-            final = self.layer_path(diff_id)
-            if os.path.exists(final):
-                self._discard(tmp, unpack)
-            else:
-                os.rename(tmp, final)
-        except BaseException:
-            self._discard(tmp, unpack)
-            raise
-        with open(self.blob_path(blob), "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-        return {"digest": blob, "diff_id": diff_id, "size": size,
-                "media_type": LAYER_GZIP_MEDIA_TYPE if gzipped else LAYER_MEDIA_TYPE}
-
-    def _discard(self, path: str, unpack: Unpacker) -> None:
-        remover = getattr(unpack, "remove", None)
-        if remover is not None:
-            remover(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    def layer_media_type(self, digest: str) -> str:
+        with open(self.blob_path(digest), "rb") as f:
+            return LAYER_GZIP_MEDIA_TYPE if f.read(2) == b"\x1f\x8b" else LAYER_MEDIA_TYPE
 
     # --- images ---------------------------------------------------------------------
 

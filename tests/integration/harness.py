@@ -266,23 +266,29 @@ def run_in_pty(command: list[str], dialogue: tuple[tuple[str, bytes], ...] = (),
 
 def supervisor_call(state_root: Path, method: str, params: dict | None = None) -> object:  # type: ignore[type-arg]
     """One JSON-RPC call to the supervisor of ``state_root`` (None if none answers)."""
-    import socket
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                          "params": params or {}}).encode() + b"\n"
     try:
-        sock.connect(str(state_root / "run" / "control.sock"))
+        return exchange(str(state_root / "run" / "control.sock"), request)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
-    with sock:
-        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                                 "params": params or {}}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
+
+
+def exchange(path: str, data: bytes) -> dict | None:  # type: ignore[type-arg]
+    """Send ``data`` (raw bytes: maybe not even JSON) to the socket at ``path``; the
+    first line that comes back, parsed (None if nothing does)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(data)
+        reply = b""
+        while not reply.endswith(b"\n"):
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            data += chunk
-    return json.loads(data) if data else None
+            reply += chunk
+    return json.loads(reply) if reply else None  # type: ignore[no-any-return]
 
 
 def stop_supervisor(state_root: Path, timeout: float = 30) -> None:

@@ -225,16 +225,9 @@ class TestEventsAndSocket:
 
 
 def _exchange(path: str, data: bytes) -> dict:  # type: ignore[type-arg]
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(path)
-        sock.sendall(data)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return json.loads(reply)  # type: ignore[no-any-return]
+    reply = harness.exchange(path, data)
+    assert reply is not None, "the supervisor answered nothing"
+    return reply
 
 
 def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  # type: ignore[type-arg]
