@@ -127,7 +127,7 @@ class TestEnvironment:
 
     def test_env_file(self, myctr: Myctr) -> None:
         """--env-file reads K=V lines, skipping comments; -e overrides it."""
-        path = harness.make_shared_dir("myctr-env-") / "env"
+        path = myctr.state_root / "env"  # removed with the state root
         path.write_text("# comment\nA=1\nB=2\n")
         path.chmod(0o644)
         info = myctr.probe("info", options=("--env-file", str(path), "-e", "B=3"))
