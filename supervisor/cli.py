@@ -525,12 +525,13 @@ async def image_import(paths: Any, tarball: str, name: str) -> int:
 @image.command("ls")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Show build cache images too.")
 @click.pass_obj
-async def image_ls(paths: Any, fmt: str, quiet: bool) -> int:
+async def image_ls(paths: Any, fmt: str, quiet: bool, all_: bool) -> int:
     """List images."""
     import time
 
-    rows = _client(paths).call("image.list", {})
+    rows = _client(paths).call("image.list", {"all": all_})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return 0
@@ -599,10 +600,47 @@ async def image_tag(paths: Any, ref: str, name: str) -> int:
 @image.command("prune")
 @click.pass_obj
 async def image_prune(paths: Any) -> int:
-    """Remove blobs and layers no image refers to."""
+    """Remove unnamed images (build cache too) no container uses, then blobs and
+    layers no image refers to."""
     result = _client(paths).call("image.prune", {})
-    click.echo(f"removed {result['blobs']} blob(s), {result['layers']} layer(s)")
+    for image_id in result["deleted"]:
+        click.echo(f"Deleted: {image_id}")
+    click.echo(f"removed {len(result['deleted'])} image(s), {result['blobs']} blob(s), "
+               f"{result['layers']} layer(s)")
     return 0
+
+
+@image.command("history")
+@click.argument("ref")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate CREATED BY.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print layer ids.")
+@click.pass_obj
+async def image_history(paths: Any, ref: str, fmt: str, no_trunc: bool, quiet: bool) -> int:
+    """Show the history of image REF, newest step first."""
+    result = _client(paths).call("image.history", {"ref": ref})
+    entries = result["history"]
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return 0
+    short = result["id"].split(":", 1)[1][:12]
+    if not quiet:
+        click.echo(f"{'ID':<14}{'CREATED':<22}{'CREATED BY':<48}{'SIZE':<10}COMMENT")
+    for i, entry in enumerate(entries):
+        ident = short if i == 0 else "<missing>"
+        if quiet:
+            click.echo(ident)
+            continue
+        by = entry["created_by"].replace("\n", " ")
+        if not no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        created = entry["created"].replace("T", " ")[:19]
+        click.echo(f"{ident:<14}{created:<22}{by:<48}{_size(entry['size']):<10}"
+                   f"{entry['comment']}")
+    return 0
+
+
+cli.add_command(image_history, "history")  # podman's and docker's spelling
 
 
 @cli.group()

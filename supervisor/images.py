@@ -37,27 +37,48 @@ class ImageService:
             raise SpecError(f"image import: {path}: no such file")
         tag = normalize_name(name)
         async with self.lock:
-            blob, size = await trio.to_thread.run_sync(self.store.put_blob_file, path)
-            tmp = os.path.join(self.store.layers_dir, f".tmp-{secrets.token_hex(8)}")
-            os.mkdir(tmp, 0o755)
-            try:
-                diff_id = await self._unpack(self.store.blob_path(blob), tmp)
-                final = self.store.layer_path(diff_id)
-                if os.path.exists(final):
-                    await self._remove_tree(tmp)
-                else:
-                    os.rename(tmp, final)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._remove_tree(tmp)
-                    await self._prune_files()  # the blob, unless an image shares it
-                raise
-            layer = {"digest": blob, "diff_id": diff_id, "size": size,
-                     "media_type": self.store.layer_media_type(blob)}
+            layer = await self.add_layer_file(path)
             config = {"Env": [DEFAULT_ENV], **changes}
             history = history or f"myctr image import {os.path.basename(path)}"
             return await trio.to_thread.run_sync(
                 self.store.commit, [layer], config, [tag], history)
+
+    async def add_layer_file(self, path: str) -> dict[str, Any]:
+        """Copy a layer tarball (plain or gzip) into the blob store and unpack it; the
+        layer's record for :meth:`ImageStore.commit`. Callers hold :attr:`lock`."""
+        blob, size = await trio.to_thread.run_sync(self.store.put_blob_file, path)
+        try:
+            return await self.ensure_layer(blob, size)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._prune_files()  # the blob, unless an image shares it
+            raise
+
+    async def ensure_layer(self, blob: str, size: int, diff_id: str | None = None,
+                           media_type: str | None = None) -> dict[str, Any]:
+        """The layer of a blob already in the store, unpacked once: when ``diff_id``
+        is known and its directory exists, nothing is read; otherwise the blob is
+        unpacked (into a temp dir renamed into place) and, when ``diff_id`` was given,
+        the unpacked stream's digest must match it. Callers hold :attr:`lock`."""
+        if diff_id is None or not self.store.has_layer(diff_id):
+            tmp = os.path.join(self.store.layers_dir, f".tmp-{secrets.token_hex(8)}")
+            os.mkdir(tmp, 0o755)
+            try:
+                found = await self._unpack(self.store.blob_path(blob), tmp)
+                if diff_id is not None and found != diff_id:
+                    raise LayerError(f"layer {blob}: its content is {found}, "
+                                     f"the image config says {diff_id}")
+                diff_id = found
+                if self.store.has_layer(diff_id):
+                    await self._remove_tree(tmp)
+                else:
+                    os.rename(tmp, self.store.layer_path(diff_id))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._remove_tree(tmp)
+                raise
+        return {"digest": blob, "diff_id": diff_id, "size": size,
+                "media_type": media_type or self.store.layer_media_type(blob)}
 
     async def bootstrap_busybox(self, name: str) -> Image:
         """``image bootstrap busybox``: an image from the host's busybox-static, for
@@ -105,9 +126,12 @@ class ImageService:
                 await self._prune_files()
         return {"untagged": untagged, "deleted": deleted}
 
-    async def prune(self) -> dict[str, Any]:
+    async def prune(self, in_use: Callable[[str], bool]) -> dict[str, Any]:
+        """``image prune``: images without a name (and build cache) that no container
+        uses, then every blob and layer no image refers to."""
         async with self.lock:
-            return await self._prune_files()
+            deleted = self.store.remove_dangling(in_use)
+            return {"deleted": deleted, **await self._prune_files()}
 
     async def _prune_files(self) -> dict[str, Any]:
         blobs, layers = await trio.to_thread.run_sync(self.store.unreferenced)

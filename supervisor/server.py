@@ -82,7 +82,7 @@ class ControlServer:
             "image.import": self.image_import, "image.list": self.image_list,
             "image.inspect": self.image_inspect, "image.remove": self.image_remove,
             "image.tag": self.image_tag, "image.prune": self.image_prune,
-            "image.bootstrap": self.image_bootstrap,
+            "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
         }
 
     async def serve(self, path: str,
@@ -275,7 +275,9 @@ class ControlServer:
     async def image_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         from supervisor.images import summary
 
-        return [summary(i) for i in self.sup.images.store.all()]
+        store = self.sup.images.store
+        hidden = set() if params.get("all") else store.intermediate()
+        return [summary(i) for i in store.all() if i.tags or i.id not in hidden]
 
     async def image_inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         from supervisor.images import summary
@@ -297,7 +299,12 @@ class ControlServer:
         return {"id": image.id, "tags": list(image.tags)}
 
     async def image_prune(self, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.sup.images.prune()
+        return await self.sup.images.prune(self.sup.image_in_use)
+
+    async def image_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        store = self.sup.images.store
+        image = store.resolve(_image_ref(params))
+        return {"id": image.id, "history": store.history(image)}
 
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))

@@ -43,12 +43,22 @@ CREATE TABLE IF NOT EXISTS tags (
     name TEXT PRIMARY KEY,        -- "busybox:latest"
     image TEXT NOT NULL REFERENCES images(id)
 );
+CREATE TABLE IF NOT EXISTS build_cache (
+    key TEXT PRIMARY KEY,         -- sha256 of (parent image, instruction, sources)
+    image TEXT NOT NULL REFERENCES images(id)
+);
 """
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class Image(NamedTuple):
@@ -146,38 +156,118 @@ class ImageStore:
     # --- images ---------------------------------------------------------------------
 
     def commit(self, layers: list[dict[str, Any]], config: dict[str, Any],
-               tags: list[str], history: str) -> Image:
-        """Write the config and manifest blobs and record the image and its tags in
-        one transaction."""
+               tags: list[str], history: str | list[dict[str, Any]],
+               base: dict[str, Any] | None = None) -> Image:
+        """A new image from layers (base first) and a container config (``Env``,
+        ``Cmd``...): writes the OCI image config and manifest blobs, then records it.
+        ``history`` is one ``created_by`` text or the whole list of history entries;
+        ``base`` is an image config document whose other fields are kept."""
         now = time.time()
+        if isinstance(history, str):
+            history = [{"created": rfc3339(now), "created_by": history}]
         doc = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-            "architecture": "amd64", "os": "linux", "config": config,
+            **(base or {}),
+            "created": rfc3339(now), "architecture": "amd64", "os": "linux",
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
-            "history": [{"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                         "created_by": history}],
+            "history": history,
         }
         config_bytes = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return self.commit_config(config_bytes, layers, tags)
+
+    def commit_config(self, config_bytes: bytes, layers: list[dict[str, Any]],
+                      tags: list[str], manifest_bytes: bytes | None = None) -> Image:
+        """Record an image whose config (and manifest, when it came with one: a pull)
+        are kept byte for byte, so its id and manifest digest are the ones other tools
+        compute. Every layer's blob and unpacked dir must be in the store already, and
+        the config's ``rootfs.diff_ids`` must be the layers' ``diff_id``s."""
+        try:
+            doc = json.loads(config_bytes)
+            diff_ids = list(doc["rootfs"]["diff_ids"])
+        except (ValueError, KeyError, TypeError):
+            raise SpecError("image config is not valid: no rootfs.diff_ids") from None
+        if diff_ids != [layer["diff_id"] for layer in layers]:
+            raise SpecError("image config's rootfs.diff_ids do not match its layers")
+        for layer in layers:
+            if not os.path.exists(self.blob_path(layer["digest"])) or not os.path.isdir(
+                    self.layer_path(layer["diff_id"])):
+                raise SpecError(f"layer {layer['digest']} is not in the store")
         image_id = self.put_blob_bytes(config_bytes)
-        manifest = {
-            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": image_id,
-                       "size": len(config_bytes)},
-            "layers": [{"mediaType": layer["media_type"], "digest": layer["digest"],
-                        "size": layer["size"]} for layer in layers],
-        }
-        manifest_id = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
+        if manifest_bytes is None:
+            manifest = {
+                "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+                "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": image_id,
+                           "size": len(config_bytes)},
+                "layers": [{"mediaType": layer["media_type"], "digest": layer["digest"],
+                            "size": layer["size"]} for layer in layers],
+            }
+            manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
+        manifest_id = self.put_blob_bytes(manifest_bytes)
         size = sum(layer["size"] for layer in layers)
         names = [normalize_name(t) for t in tags]
+        created = _created(doc)
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO images (id, manifest, created, config, layers, size) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (image_id, manifest_id, now, json.dumps(doc), json.dumps(layers), size))
+                "INSERT INTO images (id, manifest, created, config, layers, size) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "manifest = excluded.manifest",
+                (image_id, manifest_id, created, config_bytes.decode(), json.dumps(layers),
+                 size))
             for name in names:
                 self.db.execute("INSERT OR REPLACE INTO tags (name, image) VALUES (?, ?)",
                                 (name, image_id))
         return self.get(image_id)
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isdir(self.layer_path(diff_id))
+
+    def read_blob(self, digest: str) -> bytes:
+        with open(self.blob_path(digest), "rb") as f:
+            return f.read()
+
+    def config_bytes(self, image: Image) -> bytes:
+        """The image config exactly as stored (its sha256 is the image id)."""
+        return self.read_blob(image.id)
+
+    def manifest_bytes(self, image: Image) -> bytes:
+        return self.read_blob(image.manifest)
+
+    def history(self, image: Image) -> list[dict[str, Any]]:
+        """``history``: newest first, each entry with the layer it made (or none) and
+        that layer's size, as podman shows it."""
+        layers = list(image.layers)
+        entries = []
+        for entry in image.config.get("history") or []:
+            layer = None if entry.get("empty_layer") else (layers.pop(0) if layers else None)
+            entries.append({"created": entry.get("created", ""),
+                            "created_by": entry.get("created_by", ""),
+                            "comment": entry.get("comment", ""),
+                            "layer": layer["digest"] if layer else None,
+                            "size": layer["size"] if layer else 0})
+        for layer in layers:  # an image whose history does not cover its layers
+            entries.append({"created": "", "created_by": "", "comment": "",
+                            "layer": layer["digest"], "size": layer["size"]})
+        entries.reverse()
+        return entries
+
+    # --- build cache ----------------------------------------------------------------
+
+    def cached(self, key: str) -> Image | None:
+        row = self.db.execute("SELECT image FROM build_cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return self._row(row[0])
+        except NotFound:
+            return None
+
+    def remember(self, key: str, image_id: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO build_cache (key, image) VALUES (?, ?)",
+                            (key, image_id))
 
     def _row(self, image_id: str) -> Image:
         row = self.db.execute("SELECT id, manifest, created, config, layers, size FROM images "
@@ -188,6 +278,10 @@ class ImageStore:
             "SELECT name FROM tags WHERE image = ? ORDER BY name", (image_id,)))
         return Image(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), row[5],
                      tags)
+
+    def intermediate(self) -> set[str]:
+        """Ids of build-cache images (hidden by ``images`` unless ``-a``)."""
+        return {i for (i,) in self.db.execute("SELECT image FROM build_cache")}
 
     def get(self, image_id: str) -> Image:
         return self._row(image_id)
@@ -237,10 +331,24 @@ class ImageStore:
             return [name], None
         if in_use(image.id):
             raise Conflict(f"image {ref} is used by a container: remove the container first")
-        with self.db:
-            self.db.execute("DELETE FROM tags WHERE image = ?", (image.id,))
-            self.db.execute("DELETE FROM images WHERE id = ?", (image.id,))
+        self._delete(image.id)
         return list(image.tags), image.id
+
+    def _delete(self, image_id: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM tags WHERE image = ?", (image_id,))
+            self.db.execute("DELETE FROM build_cache WHERE image = ?", (image_id,))
+            self.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+
+    def remove_dangling(self, in_use: Callable[[str], bool]) -> list[str]:
+        """``image prune``: delete every image without a name (build cache included)
+        that no container uses; returns their ids."""
+        rows = self.db.execute("SELECT id FROM images WHERE id NOT IN "
+                               "(SELECT image FROM tags)").fetchall()
+        deleted = [i for (i,) in rows if not in_use(i)]
+        for image_id in deleted:
+            self._delete(image_id)
+        return deleted
 
     def unreferenced(self) -> tuple[list[str], list[str]]:
         """(blob paths, layer dirs) that no image refers to, temp leftovers included."""
@@ -265,3 +373,24 @@ def _tag_of(ref: str, image: Image) -> str | None:
     except SpecError:
         return None
     return name if name in image.tags else None
+
+
+def _created(doc: dict[str, Any]) -> float:
+    """The config's ``created`` (RFC 3339) as a timestamp; now when absent or odd."""
+    import datetime
+
+    text = doc.get("created")
+    if isinstance(text, str):
+        try:
+            return datetime.datetime.fromisoformat(_trim_fraction(text)).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+def _trim_fraction(text: str) -> str:
+    """Python 3.11's fromisoformat takes at most 6 fraction digits; Go writes 9."""
+    import re
+
+    text = text.replace("Z", "+00:00")
+    return re.sub(r"(\.\d{6})\d+", r"\1", text)
