@@ -40,6 +40,12 @@ class Conflict(ContainerError):
     """The name is taken, or the object is in a state that forbids the request."""
 
 
+class BuildFailed(ContainerError):
+    """A build step failed (the step, its Containerfile line, the exit status)."""
+
+    exit_code = 1
+
+
 class SetupFailed(ContainerError):
     """The container's init failed between clone and exec."""
 

@@ -158,24 +158,27 @@ def _read(path: str) -> str:
         return ""
 
 
-def run_in_user_namespace(plan: IdMapPlan, fn: Callable[[], bytes | None],
-                          what: str) -> bytes:
+def run_in_user_namespace(plan: IdMapPlan | None, fn: Callable[[], bytes | None],
+                          what: str, flags: int = 0) -> bytes:
     """Run ``fn`` as root of a fresh user namespace with ``plan``'s maps, in a child:
     how a rootless user removes or unpacks files that belong to its subordinate ids.
-    Returns what ``fn`` returned; its error comes back as a HostError with its text."""
+    ``plan`` None (root): a plain child, no user namespace. ``flags`` adds namespaces
+    (CLONE_NEWNS for private mounts). Returns what ``fn`` returned; its error comes
+    back as a HostError with its text."""
     from . import libc
 
     read_end, write_end = os.pipe()
     result_r, result_w = os.pipe()
-    pid, pidfd = libc.clone3(libc.CLONE_NEWUSER)
+    pid, pidfd = libc.clone3((libc.CLONE_NEWUSER if plan is not None else 0) | flags)
     if pid == 0:
         code = 1
         try:
             os.close(write_end)
             os.close(result_r)
             if os.read(read_end, 1) == b"g":
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
+                if plan is not None:
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
                 try:
                     out = fn() or b""
                     code = 0
@@ -190,7 +193,8 @@ def run_in_user_namespace(plan: IdMapPlan, fn: Callable[[], bytes | None],
     os.close(result_w)
     os.close(pidfd)
     try:
-        write_maps(pid, plan)
+        if plan is not None:
+            write_maps(pid, plan)
         os.write(write_end, b"g")
     finally:
         os.close(write_end)

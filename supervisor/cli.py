@@ -375,10 +375,11 @@ async def top(paths: Any, container: str) -> int:
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--external", is_flag=True, help="Show the containers of build steps too.")
 @click.pass_obj
-async def ps(paths: Any, show_all: bool, quiet: bool, fmt: str) -> int:
+async def ps(paths: Any, show_all: bool, quiet: bool, fmt: str, external: bool) -> int:
     """List containers."""
-    rows = _client(paths).call("container.list", {"all": show_all})
+    rows = _client(paths).call("container.list", {"all": show_all, "external": external})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif quiet:
@@ -641,6 +642,51 @@ async def image_history(paths: Any, ref: str, fmt: str, no_trunc: bool, quiet: b
 
 
 cli.add_command(image_history, "history")  # podman's and docker's spelling
+
+
+@cli.command()
+@click.option("-t", "--tag", "tags", multiple=True, help="Name the image NAME[:TAG].")
+@click.option("-f", "--file", "file", help="The Containerfile (default: CONTEXT/"
+              "Containerfile or CONTEXT/Dockerfile).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="K=V",
+              help="A value for an ARG.")
+@click.option("--target", help="Build up to this stage.")
+@click.option("--no-cache", is_flag=True, help="Run every step; use no cached one.")
+@click.option("--network", type=click.Choice(["host", "none"]), default="host",
+              show_default=True, help="The network of RUN steps.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
+@click.argument("context", default=".", type=click.Path(file_okay=False))
+@click.pass_obj
+async def build(paths: Any, tags: tuple[str, ...], file: str | None,
+                build_args: tuple[str, ...], target: str | None, no_cache: bool,
+                network: str, quiet: bool, context: str) -> int:
+    """Build an image from a Containerfile in CONTEXT."""
+    from runtime.errors import SpecError
+
+    args = {}
+    for item in build_args:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise SpecError(f"invalid --build-arg {item!r}: expected KEY=VALUE")
+        if not eq:  # docker: --build-arg NAME takes the value from the environment
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        args[key] = value
+    params = {"context": os.path.abspath(context), "tags": list(tags),
+              "file": os.path.abspath(file) if file else None, "build_args": args,
+              "target": target, "no_cache": no_cache, "network": network}
+    client = _client(paths)
+    for item in client.stream("image.build", params):
+        if quiet:
+            continue
+        if "output" in item:
+            click.echo(item["output"])
+        elif "text" in item:
+            click.echo(item["text"])
+    if quiet:
+        click.echo(client.stream_result["id"])
+    return 0
 
 
 @cli.group()

@@ -72,10 +72,13 @@ class Client:
             if message.get("id") == request_id:
                 if "error" in message:
                     raise error_to_exception(message["error"])
+                self.stream_result = message.get("result")
                 return
             params_ = message.get("params") or {}
             if "method" in message and params_.get("request_id") == request_id:
                 yield params_
+
+    stream_result: Any = None  # the final response of the last stream
 
     def take_fds(self) -> list[int]:
         fds, self.fds = self.fds, []

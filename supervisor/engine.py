@@ -653,7 +653,8 @@ class Supervisor:
         was_active = is_active(c.status)
         if record.pid:
             await _kill_orphan(record.pid, record.pid_start)
-        if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and was_active):
+        if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and was_active) \
+                or record.params.get("build"):  # a build's step: the build is gone
             await self._destroy(c)  # finish what the crash cut short
             return
         if was_active:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from runtime.errors import (
+    BuildFailed,
     Conflict,
     ContainerError,
     ExecFailed,
@@ -45,6 +46,7 @@ INVALID_SPEC = -32003
 EXEC_FAILED = -32004
 HOST_ERROR = -32005
 LINE_TOO_LONG = -32006
+BUILD_FAILED = -32007
 
 Id = int | str | None
 
@@ -213,6 +215,7 @@ def exception_from_error(error: Mapping[str, Any]) -> Exception:
 
 _CODES: dict[type[ContainerError], int] = {
     NotFound: NOT_FOUND, Conflict: CONFLICT, SpecError: INVALID_SPEC, HostError: HOST_ERROR,
+    BuildFailed: BUILD_FAILED,
 }
 
 

@@ -116,9 +116,16 @@ def create_options(params: dict[str, Any],
         if images is None:
             raise SpecError("images are not available here")
         lowers, defaults, image_id = images(image)
+        if not lowers:
+            raise SpecError(f"image {image} has no layers: there is nothing to run")
         rootfs = lowers[0]
-        # docker: a command replaces the image's Cmd; the Entrypoint stays in front
-        command = [*defaults["entrypoint"], *(command or defaults["cmd"])]
+        # docker: a command replaces the image's Cmd; the Entrypoint stays in front,
+        # unless --entrypoint replaces it (then the image's Cmd goes too)
+        if "entrypoint" in params:
+            entrypoint = _strings(params, "entrypoint")
+            command = [*entrypoint, *command]
+        else:
+            command = [*defaults["entrypoint"], *(command or defaults["cmd"])]
     elif not rootfs or not os.path.isabs(rootfs):
         raise SpecError("invalid params: 'rootfs' must be an absolute path (or give an image)")
     if not command:

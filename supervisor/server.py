@@ -83,6 +83,7 @@ class ControlServer:
             "image.inspect": self.image_inspect, "image.remove": self.image_remove,
             "image.tag": self.image_tag, "image.prune": self.image_prune,
             "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
+            "image.build": self.build,
         }
 
     async def serve(self, path: str,
@@ -301,6 +302,18 @@ class ControlServer:
     async def image_prune(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.sup.images.prune(self.sup.image_in_use)
 
+    async def build(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
+        """``image.build``: progress lines and RUN output as ``build.progress``
+        notifications, then the image."""
+        from supervisor.build import Builder
+
+        async def emit(item: dict[str, Any]) -> None:
+            await conn.send(protocol.encode_stream_item(request_id, "build.progress", item))
+
+        result = await Builder(self.sup, emit).build(params)
+        self.events.emit("image-build", result["id"], ",".join(result["tags"]))
+        return result
+
     async def image_history(self, params: dict[str, Any]) -> dict[str, Any]:
         store = self.sup.images.store
         image = store.resolve(_image_ref(params))
@@ -308,8 +321,10 @@ class ControlServer:
 
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
+        external = bool(params.get("external", False))  # podman's name: build steps
         return [self._summary(c) for c in self.sup.containers.values()
-                if show_all or is_active(c.status)]
+                if (show_all or is_active(c.status))
+                and (external or not c.record.params.get("build"))]
 
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))
@@ -413,7 +428,7 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
                 conn: Connection, fds: list[int]) -> tuple[Any, list[int]]:
     params = request.params
     name = method.__name__
-    if name in ("logs", "subscribe"):
+    if name in ("logs", "subscribe", "build"):
         return await method(params, conn, request.id), []
     if name == "exec":
         return await method(params, conn, request.id, fds), []

@@ -61,6 +61,13 @@ class Spawner:
                                      "plan": zygote.encode_plan(plan)})
         return str(reply["diff_id"])
 
+    async def pack_layer(self, job: dict[str, Any], plan: IdMapPlan | None) -> str:
+        """Write a layer tarball (``job``: see zygote.pack_layer) with private mounts,
+        in a user namespace with ``plan`` when rootless; its diff_id."""
+        reply = await self._request({"op": "pack", "job": job,
+                                     "plan": zygote.encode_plan(plan)})
+        return str(reply["diff_id"])
+
     async def _request(self, doc: dict[str, Any]) -> dict[str, Any]:
         """One request without descriptors; its reply, or the zygote's error raised."""
         async with self._lock:

@@ -117,6 +117,8 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
         return remove_trees(request["paths"], decode_plan(request["plan"])), []
     if request.get("op") == "unpack":
         return unpack_layer(request["tar"], request["dest"], decode_plan(request["plan"])), []
+    if request.get("op") == "pack":
+        return pack_layer(request["job"], decode_plan(request["plan"])), []
     spec = ContainerSpec.from_oci(request["spec"])
     config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
@@ -157,6 +159,58 @@ def unpack_layer(tar: str, dest: str, plan: IdMapPlan | None) -> dict[str, Any]:
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc)}
     return {"ok": True, "diff_id": diff_id.decode()}
+
+
+def pack_layer(job: dict[str, Any], plan: IdMapPlan | None) -> dict[str, Any]:
+    """Write a layer tarball (see :mod:`runtime.images.pack`) in a child with private
+    mounts (rootless: as root of a user namespace with ``plan``, so files keep the
+    container's ids): ``diff`` of an upper dir, or ``copy`` from the build context or
+    a stage, with image trees mounted as read-only overlays of their layers."""
+    from runtime import libc
+
+    def run() -> bytes:
+        from runtime.images import pack
+
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        with open(job["out"], "wb") as out:
+            if job["kind"] == "diff":
+                return pack.pack_diff(job["upper"], out).encode()
+            image_root = _tree_view(job["image_lowers"], job["scratch"], "image", plan)
+            source = job.get("context") or _tree_view(job["source_lowers"], job["scratch"],
+                                                     "source", plan)
+            ignored = _ignore(job.get("ignore"))
+            copy = pack.CopyJob(**job["copy"])
+            return pack.pack_copy(copy, source or job["scratch"] + "/empty", image_root,
+                                  out, ignored).encode()
+
+    try:
+        digest = run_in_user_namespace(plan, run, "build layer", libc.CLONE_NEWNS)
+    except ContainerError as exc:
+        return {"ok": False, "error": encode_error(exc)}
+    return {"ok": True, "diff_id": digest.decode()}
+
+
+def _tree_view(lowers: list[str], scratch: str, name: str,
+               plan: IdMapPlan | None) -> str | None:
+    """An image's file tree from its layers (top first): none for ``scratch``, the one
+    layer itself, or a read-only overlay of them."""
+    from runtime import libc
+
+    if not lowers:
+        return None
+    if len(lowers) == 1:
+        return lowers[0]
+    target = os.path.join(scratch, name)
+    os.makedirs(target, exist_ok=True)
+    options = "lowerdir=" + ":".join(lowers) + (",userxattr" if plan is not None else "")
+    libc.mount("overlay", target, "overlay", libc.MS_RDONLY, options)
+    return target
+
+
+def _ignore(lines: list[str] | None) -> Any:
+    from runtime.build.ignore import Ignore
+
+    return Ignore(lines or [])
 
 
 def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
