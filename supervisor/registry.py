@@ -35,7 +35,7 @@ import trio
 from runtime.errors import HostError, NotFound, SpecError
 from runtime.images import distribution as dist
 from runtime.images.reference import Reference, parse
-from runtime.images.store import Image
+from runtime.images.store import Image, normalize_name
 from supervisor.images import ImageService
 
 PARALLEL = 3
@@ -387,6 +387,8 @@ async def pull(images: ImageService, text: str, tls_verify: bool, creds: Any,
                report: Progress) -> Image:
     """``pull REF``: the image for linux/amd64, recorded under the reference's name."""
     ref = parse(text)
+    if ref.name:
+        normalize_name(ref.name)  # a name the store takes, before anything is fetched
     session = Session(ref, tls_verify, _creds(creds), "pull")
     store = images.store
     await trio.to_thread.run_sync(session.ping)

@@ -7,14 +7,18 @@ RS256 with openssl), which the real registry verifies."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,3 +285,95 @@ def _auth_round(myctr: Myctr, reg: Registry, tar: Path) -> None:
 
 def test_basic_auth(myctr: Myctr, htpasswd_registry: Registry, rootfs_tar: Path) -> None:
     _auth_round(myctr, htpasswd_registry, rootfs_tar)
+
+
+class TokenServer:
+    """Docker Hub's token protocol for the registry's ``auth: token``: a JWT (RS256,
+    signed by openssl with a key whose self-signed certificate the registry trusts)
+    granting the asked scope to alice, nothing to anyone else."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.key, self.cert = workdir / "token.key", workdir / "token.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=myctr-test-token", "-keyout", str(self.key),
+                        "-out", str(self.cert)], check=True, capture_output=True)
+        pub = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-pubkey", "-noout"],
+                             check=True, capture_output=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                             check=True, capture_output=True).stdout
+        # libtrust's key id, by which the registry finds the key: sha256 of the public
+        # key's DER, 240 bits in base32, in groups of four
+        b32 = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
+        self.kid = ":".join(b32[i:i + 4] for i in range(0, len(b32), 4))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True,
+                                   capture_output=True).stdout
+        return f"{signing_input}.{b64(signature)}"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                given = self.headers.get("Authorization")
+                alice = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+                if given is not None and given != alice:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                access = []
+                for scope in query.get("scope", []) if given else []:
+                    kind, name, actions = scope.split(":")
+                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                now = int(time.time())
+                token = server.sign({"iss": "myctr-test", "sub": "alice" if given else "",
+                                     "aud": query.get("service", [""])[0], "iat": now,
+                                     "nbf": now - 10, "exp": now + 300,
+                                     "jti": os.urandom(8).hex(), "access": access})
+                body = json.dumps({"token": token}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def token_registry() -> Iterator[Registry]:
+    reg = Registry()
+    tokens = TokenServer(reg.dir)
+    reg.auth = {"token": {"realm": tokens.realm, "service": "myctr-test-registry",
+                          "issuer": "myctr-test", "rootcertbundle": str(tokens.cert)}}
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def test_bearer_token_auth(myctr: Myctr, token_registry: Registry, rootfs_tar: Path) -> None:
+    status, headers, _ = token_registry.request("GET", "/v2/")
+    assert status == 401 and headers["Www-Authenticate"].startswith("Bearer realm=")
+    _auth_round(myctr, token_registry, rootfs_tar)
