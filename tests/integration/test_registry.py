@@ -7,12 +7,14 @@ RS256 with openssl), which the real registry verifies."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -237,6 +239,76 @@ def test_corrupt_blob_refused_nothing_left(myctr: Myctr, registry: Registry,
     assert _store_files(myctr) == []
     missing = myctr("pull", NO_TLS, f"{registry.host}/test/nosuch:1")
     assert missing.returncode == 125 and "MANIFEST_UNKNOWN" in _one_error_line(missing.stderr)
+
+
+class SlowProxy:
+    """A TCP forwarder to the registry that trickles its answers (RATE bytes/s), so a
+    pull is still downloading when the test kills the supervisor."""
+
+    RATE = 256 << 10
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, 0.0625),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, pause: float) -> None:
+        try:
+            while not self.stopped and (data := src.recv(int(self.RATE * pause) or 65536)):
+                dst.sendall(data)
+                time.sleep(pause)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.listener.close()
+
+
+def test_crash_mid_pull_leaves_nothing(myctr: Myctr, registry: Registry,
+                                       rootfs_tar: Path) -> None:
+    """The supervisor killed while a layer downloads: no image, and image prune
+    leaves no blob or layer."""
+    _import(myctr, rootfs_tar, "testbox:1")
+    assert myctr("push", NO_TLS, "testbox:1", f"{registry.host}/test/box:1").returncode == 0
+    assert myctr("image", "rm", "testbox:1").returncode == 0
+    proxy = SlowProxy(registry.port)
+    blobs = myctr.state_root / "data" / "images" / "blobs" / "sha256"
+    try:
+        pull = subprocess.Popen(myctr.command("pull", NO_TLS, f"{proxy.host}/test/box:1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not any(n.startswith(".tmp-") and (blobs / n).stat().st_size > 0
+                      for n in os.listdir(blobs)):
+            assert time.monotonic() < deadline and pull.poll() is None, pull.communicate()
+            time.sleep(0.02)
+        pid = harness.supervisor_call(myctr.state_root, "ping")["result"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = pull.communicate(timeout=30)
+        assert pull.returncode == 125 and _one_error_line(stderr)
+    finally:
+        proxy.stop()
+    assert _images(myctr) == []
+    assert myctr("image", "prune").returncode == 0
+    assert _store_files(myctr) == []
 
 
 @pytest.fixture
