@@ -327,10 +327,12 @@ class ControlServer:
             await conn.send(protocol.encode_stream_item(request_id, "image.progress", item))
 
         dest = params.get("dest")
-        return await registry.push(self.sup.images, _image_ref(params),
-                                   dest if isinstance(dest, str) and dest else None,
-                                   params.get("tls_verify", True) is not False,
-                                   params.get("creds"), report)
+        result = await registry.push(self.sup.images, _image_ref(params),
+                                     dest if isinstance(dest, str) and dest else None,
+                                     params.get("tls_verify", True) is not False,
+                                     params.get("creds"), report)
+        self.events.emit("image-push", result["id"], result["reference"])
+        return result
 
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
