@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
-TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86
+TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils
 BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman
 DEMO_ROOTFS ?= build/demo-rootfs
 

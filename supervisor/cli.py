@@ -686,6 +686,165 @@ async def build(paths: Any, tags: tuple[str, ...], file: str | None,
             click.echo(item["text"])
     if quiet:
         click.echo(client.stream_result["id"])
+
+
+# --- registries: pull, push, login, logout ------------------------------------------------
+
+def _auth_file(paths: Any) -> str:
+    """podman's auth file: REGISTRY_AUTH_FILE, else ``auth.json`` in the run dir."""
+    return os.environ.get("REGISTRY_AUTH_FILE") or os.path.join(paths.run, "auth.json")
+
+
+def _read_auths(paths: Any) -> dict[str, Any]:
+    try:
+        with open(_auth_file(paths)) as f:
+            doc = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {"auths": {}}
+    return doc if isinstance(doc, dict) and isinstance(doc.get("auths"), dict) else {"auths": {}}
+
+
+def _creds(paths: Any, creds: str | None, ref: str) -> dict[str, str] | None:
+    from runtime.images import distribution, reference
+
+    if creds is not None:
+        user, sep, password = creds.partition(":")
+        if not sep or not user:
+            raise click.UsageError("--creds: expected USERNAME:PASSWORD")
+        return {"username": user, "password": password}
+    found = distribution.auth_entry(_read_auths(paths), reference.parse(ref).registry)
+    return {"username": found[0], "password": found[1]} if found else None
+
+
+def _progress(items: Any, quiet: bool) -> Any:
+    """Show pull/push progress on stderr (a line per blob, redrawn on a TTY); the
+    stream's final answer is returned by the caller's iteration."""
+    tty = sys.stderr.isatty() and not quiet
+    rows: dict[str, str] = {}
+    shown = 0
+    for item in items:
+        if quiet or "digest" not in item or item.get("status") == "resolved":
+            continue
+        short = item["digest"].split(":", 1)[-1][:12]
+        status, done, total = item["status"], item.get("current", 0), item.get("total", 0)
+        text = {"exists": "already exists", "done": "done"}.get(
+            status, f"{status} {_size(done)} / {_size(total)}")
+        if tty:
+            rows[short] = f"Copying blob {short} {text}"
+            sys.stderr.write(f"\x1b[{shown}F" if shown else "")
+            sys.stderr.write("".join(f"\x1b[2K{row}\n" for row in rows.values()))
+            shown = len(rows)
+            sys.stderr.flush()
+        elif status in ("exists", "done"):
+            click.echo(f"Copying blob {short} {text}", err=True)
+
+
+_REGISTRY_OPTIONS = (
+    click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
+                 help="Require HTTPS and verify certificates (false: also plain HTTP)."),
+    click.option("--creds", metavar="USER:PASS", help="Registry credentials."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress output."),
+)
+
+
+def _registry_options(f: Any) -> Any:
+    for option in reversed(_REGISTRY_OPTIONS):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@_registry_options
+@click.argument("ref")
+@click.pass_obj
+async def pull(paths: Any, tls_verify: bool, creds: str | None, quiet: bool, ref: str) -> int:
+    """Pull image REF from a registry (linux/amd64 of a multi-platform image)."""
+    client = _client(paths)
+    params = {"ref": ref, "tls_verify": tls_verify, "creds": _creds(paths, creds, ref)}
+    request_id = client.send("image.pull", params)
+    _progress(_stream_items(client, request_id), quiet)
+    click.echo(client.result(request_id)["id"])
+    return 0
+
+
+@cli.command()
+@_registry_options
+@click.argument("source")
+@click.argument("dest", required=False)
+@click.pass_obj
+async def push(paths: Any, tls_verify: bool, creds: str | None, quiet: bool, source: str,
+               dest: str | None) -> int:
+    """Push image SOURCE to a registry, as DEST when given."""
+    client = _client(paths)
+    params = {"ref": source, "dest": dest, "tls_verify": tls_verify,
+              "creds": _creds(paths, creds, dest or source)}
+    request_id = client.send("image.push", params)
+    _progress(_stream_items(client, request_id), quiet)
+    result = client.result(request_id)
+    if not quiet:
+        click.echo(f"Writing manifest {result['digest']} to {result['reference']}", err=True)
+    return 0
+
+
+def _stream_items(client: Any, request_id: int) -> Any:
+    """The stream's notifications; the final answer is left for ``client.result``."""
+    while True:
+        message = client.receive()
+        if message.get("id") == request_id:
+            client.early[request_id] = message
+            return
+        params = message.get("params") or {}
+        if "method" in message and params.get("request_id") == request_id:
+            yield params
+
+
+image.add_command(pull, "pull")
+image.add_command(push, "push")
+
+
+@cli.command()
+@click.option("-u", "--username", help="Username (prompted when absent).")
+@click.option("-p", "--password", help="Password (prompted when absent).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.argument("registry")
+@click.pass_obj
+async def login(paths: Any, username: str | None, password: str | None, password_stdin: bool,
+                registry: str) -> int:
+    """Store credentials for REGISTRY in the auth file (mode 0600)."""
+    import base64
+
+    from runtime.containerdir import atomic_write
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    username = username or click.prompt("Username")
+    password = password if password is not None else click.prompt("Password", hide_input=True)
+    doc = _read_auths(paths)
+    doc["auths"][registry] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+    os.makedirs(os.path.dirname(_auth_file(paths)), mode=0o700, exist_ok=True)
+    atomic_write(_auth_file(paths), json.dumps(doc, indent=2).encode(), mode=0o600)
+    click.echo("Login Succeeded!")
+    return 0
+
+
+@cli.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Remove every registry's credentials.")
+@click.argument("registry", required=False)
+@click.pass_obj
+async def logout(paths: Any, all_: bool, registry: str | None) -> int:
+    """Remove the credentials of REGISTRY (or all) from the auth file."""
+    from runtime.containerdir import atomic_write
+
+    doc = _read_auths(paths)
+    if all_:
+        doc["auths"] = {}
+    elif registry is None:
+        raise click.UsageError("logout: name a REGISTRY or use --all")
+    elif doc["auths"].pop(registry, None) is None:
+        raise click.UsageError(f"logout: not logged in to {registry}")
+    if os.path.exists(_auth_file(paths)):
+        atomic_write(_auth_file(paths), json.dumps(doc, indent=2).encode(), mode=0o600)
+    click.echo(f"Removed login credentials for {registry or 'all registries'}")
     return 0
 
 

@@ -84,6 +84,7 @@ class ControlServer:
             "image.tag": self.image_tag, "image.prune": self.image_prune,
             "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
             "image.build": self.build,
+            "image.pull": self.image_pull, "image.push": self.image_push,
         }
 
     async def serve(self, path: str,
@@ -319,6 +320,33 @@ class ControlServer:
         image = store.resolve(_image_ref(params))
         return {"id": image.id, "history": store.history(image)}
 
+    async def image_pull(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
+        """Pull an image; ``image.progress`` notifications until the answer."""
+        from supervisor import registry
+
+        async def report(item: dict[str, Any]) -> None:
+            await conn.send(protocol.encode_stream_item(request_id, "image.progress", item))
+
+        image = await registry.pull(self.sup.images, _image_ref(params),
+                                    params.get("tls_verify", True) is not False,
+                                    params.get("creds"), report)
+        self.events.emit("image-pull", image.id, ",".join(image.tags))
+        return {"id": image.id, "tags": list(image.tags), "manifest": image.manifest}
+
+    async def image_push(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
+        from supervisor import registry
+
+        async def report(item: dict[str, Any]) -> None:
+            await conn.send(protocol.encode_stream_item(request_id, "image.progress", item))
+
+        dest = params.get("dest")
+        result = await registry.push(self.sup.images, _image_ref(params),
+                                     dest if isinstance(dest, str) and dest else None,
+                                     params.get("tls_verify", True) is not False,
+                                     params.get("creds"), report)
+        self.events.emit("image-push", result["id"], result["reference"])
+        return result
+
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         external = bool(params.get("external", False))  # podman's name: build steps
@@ -428,7 +456,7 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
                 conn: Connection, fds: list[int]) -> tuple[Any, list[int]]:
     params = request.params
     name = method.__name__
-    if name in ("logs", "subscribe", "build"):
+    if name in ("logs", "subscribe", "build", "image_pull", "image_push"):
         return await method(params, conn, request.id), []
     if name == "exec":
         return await method(params, conn, request.id, fds), []
