@@ -122,6 +122,8 @@ class Builder:
             raise SpecError("invalid params: 'build_args' values must be strings")
         self.no_cache = bool(params.get("no_cache"))
         self.network = params.get("network") or "host"
+        self.tls_verify = params.get("tls_verify", True) is not False
+        self.creds = params.get("creds")
         self.context = os.path.realpath(context)
         self.ignore = Ignore.for_context(context, file)
         self.ignore_lines = _ignore_lines(context, file)
@@ -197,11 +199,25 @@ class Builder:
         try:
             image = self.store.resolve(base)
         except NotFound:
-            raise BuildError(f"{self.cf.path}:{stage.line}: FROM {base}: no such image "
-                             "(pull, load or build it first)") from None
+            image = await self._pull(base, stage)
         config = dict(image.config.get("config") or {})
         return _State(config, list(image.layers), list(image.config.get("history") or []),
                       image.id, image.id)
+
+    async def _pull(self, base: str, stage: Stage) -> Image:
+        """FROM an image not in the store: pulled, as docker and podman do."""
+        from supervisor import registry
+
+        async def report(item: dict[str, Any]) -> None:
+            if item.get("status") in ("done", "exists"):
+                await self.say(f"Copying blob {item['digest'][7:19]} {item['status']}")
+
+        await self.say(f"Trying to pull {base}...")
+        try:
+            return await registry.pull(self.images, base, self.tls_verify, self.creds, report)
+        except ContainerError as exc:
+            raise BuildError(f"{self.cf.path}:{stage.line}: FROM {base}: no such image here, "
+                             f"and pulling it failed: {exc}") from None
 
     async def _step(self, text: str) -> None:
         self.step += 1
@@ -363,8 +379,11 @@ class Builder:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tar)
 
-    def _tmp(self) -> str:
-        return os.path.join(self.store.root, f".tmp-build-{secrets.token_hex(8)}")
+    def _tmp(self, directory: bool = False) -> str:
+        """A temp path that ``image prune`` removes if a crash leaves it: a file in
+        the blob dir, a directory in the layer dir."""
+        where = self.store.layers_dir if directory else self.store.blobs
+        return os.path.join(where, f".tmp-build-{secrets.token_hex(8)}")
 
     async def _run(self, state: _State, ins: Instruction,
                    command: list[str]) -> tuple[str, str]:
@@ -486,7 +505,7 @@ class Builder:
         return list(self.store.lower_dirs(self.store.get(image_id))) if image_id else []
 
     async def _copy(self, job: dict[str, Any]) -> tuple[str, str]:
-        scratch = self._tmp()
+        scratch = self._tmp(directory=True)
         os.mkdir(scratch, 0o700)
         out = self._tmp()
         try:

@@ -655,11 +655,15 @@ cli.add_command(image_history, "history")  # podman's and docker's spelling
 @click.option("--network", type=click.Choice(["host", "none"]), default="host",
               show_default=True, help="The network of RUN steps.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
+              help="Pulling a missing FROM image: require HTTPS.")
+@click.option("--creds", metavar="USER:PASS", help="Registry credentials for FROM pulls.")
 @click.argument("context", default=".", type=click.Path(file_okay=False))
 @click.pass_obj
 async def build(paths: Any, tags: tuple[str, ...], file: str | None,
                 build_args: tuple[str, ...], target: str | None, no_cache: bool,
-                network: str, quiet: bool, context: str) -> int:
+                network: str, quiet: bool, tls_verify: bool, creds: str | None,
+                context: str) -> int:
     """Build an image from a Containerfile in CONTEXT."""
     from runtime.errors import SpecError
 
@@ -675,7 +679,13 @@ async def build(paths: Any, tags: tuple[str, ...], file: str | None,
         args[key] = value
     params = {"context": os.path.abspath(context), "tags": list(tags),
               "file": os.path.abspath(file) if file else None, "build_args": args,
-              "target": target, "no_cache": no_cache, "network": network}
+              "target": target, "no_cache": no_cache, "network": network,
+              "tls_verify": tls_verify}
+    if creds is not None:
+        user, sep, password = creds.partition(":")
+        if not sep:
+            raise click.UsageError("--creds: expected USERNAME:PASSWORD")
+        params["creds"] = {"username": user, "password": password}
     client = _client(paths)
     for item in client.stream("image.build", params):
         if quiet:
