@@ -83,6 +83,7 @@ class ControlServer:
             "image.inspect": self.image_inspect, "image.remove": self.image_remove,
             "image.tag": self.image_tag, "image.prune": self.image_prune,
             "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
+            "image.save": self.image_save, "image.load": self.image_load,
         }
 
     async def serve(self, path: str,
@@ -306,6 +307,22 @@ class ControlServer:
         image = store.resolve(_image_ref(params))
         return {"id": image.id, "history": store.history(image)}
 
+    async def image_save(self, params: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        from supervisor import image_archive
+
+        refs, fmt = image_archive.save_params(params)
+        fd = image_archive.archive_fd(params, fds, write=True)
+        return await image_archive.save(self.sup.images, fd, refs, fmt)
+
+    async def image_load(self, params: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        from supervisor import image_archive
+
+        fd = image_archive.archive_fd(params, fds, write=False)
+        result = await image_archive.load(self.sup.images, fd)
+        for image in result["images"]:
+            self.events.emit("image-load", image["id"], ",".join(image["tags"]))
+        return result
+
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         return [self._summary(c) for c in self.sup.containers.values()
@@ -417,6 +434,8 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
         return await method(params, conn, request.id), []
     if name == "exec":
         return await method(params, conn, request.id, fds), []
+    if name in ("image_save", "image_load"):
+        return await method(params, fds), []
     if name in ("start", "run"):
         result, reply_fds = await method(params, fds)
         return result, reply_fds
