@@ -135,7 +135,8 @@ class _Members:
             head = buffered.peek(2)[:2]
             if not head:
                 raise ArchiveError("not a tar archive: the input is empty")
-            source: Any = gzip.GzipFile(fileobj=buffered) if head == GZIP_MAGIC else buffered
+            partial: Any = _Partial(buffered)
+            source: Any = gzip.GzipFile(fileobj=partial) if head == GZIP_MAGIC else partial
             archive = tarfile.open(fileobj=source, mode="r|",  # noqa: SIM115 - closed below
                                    tarinfo=_BoundedTarInfo)
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -199,6 +200,17 @@ class _Members:
         if name not in self.blobs:
             self.blobs[name] = _copy_to_store(self.store, io.BytesIO(self.data[name]))
         return self.blobs[name]
+
+
+class _Partial:
+    """Each read returns what one read of the source gives: a pipe's writer may pause
+    at a member's end, and that member is then complete (in the store) meanwhile."""
+
+    def __init__(self, buffered: Any) -> None:
+        self.buffered = buffered
+
+    def read(self, size: int = -1) -> bytes:
+        return bytes(self.buffered.read1(size if size >= 0 else CHUNK))
 
 
 def member_name(name: str) -> str:
