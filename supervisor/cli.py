@@ -508,7 +508,7 @@ async def supervise(paths: Any, detach: bool, idle_exit: float | None) -> int:
 
 @cli.group()
 async def image() -> None:
-    """Images: import, list, inspect, tag, remove, prune."""
+    """Images: import, list, inspect, tag, remove, prune, save, load."""
 
 
 @image.command("import")
@@ -696,6 +696,7 @@ async def build(paths: Any, tags: tuple[str, ...], file: str | None,
             click.echo(item["text"])
     if quiet:
         click.echo(client.stream_result["id"])
+    return 0
 
 
 # --- registries: pull, push, login, logout ------------------------------------------------
@@ -856,6 +857,63 @@ async def logout(paths: Any, all_: bool, registry: str | None) -> int:
         atomic_write(_auth_file(paths), json.dumps(doc, indent=2).encode(), mode=0o600)
     click.echo(f"Removed login credentials for {registry or 'all registries'}")
     return 0
+
+
+@image.command("save")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write to FILE (default: stdout, unless it is a terminal).")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive"]),
+              default="docker-archive", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing (podman's flag).")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+async def image_save(paths: Any, output: str | None, fmt: str, quiet: bool,
+                     refs: tuple[str, ...]) -> int:
+    """Save images to an archive (podman save); FILE appears only when complete."""
+    params = {"refs": list(refs), "format": fmt}
+    if output is None:
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write an archive to a terminal: use -o FILE")
+        sys.stdout.flush()
+        _client(paths).call("image.save", params, fds=[sys.stdout.fileno()])
+        return 0
+    target = os.path.abspath(output)
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _client(paths).call("image.save", params, fds=[fd])
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return 0
+
+
+@image.command("load")
+@click.option("-i", "--input", "input_", type=click.Path(exists=True, dir_okay=False),
+              help="Read from FILE (default: stdin).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing.")
+@click.pass_obj
+async def image_load(paths: Any, input_: str | None, quiet: bool) -> int:
+    """Load images from a docker-archive or oci-archive, plain or gzip (podman load)."""
+    if input_ is None and sys.stdin.isatty():
+        raise click.UsageError("no archive: give -i FILE or pipe one to stdin")
+    fd = 0 if input_ is None else os.open(input_, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        result = _client(paths).call("image.load", {}, fds=[fd])
+    finally:
+        if fd:
+            os.close(fd)
+    for loaded in [] if quiet else result["images"]:
+        for name in loaded["names"] or [loaded["id"]]:
+            click.echo(f"Loaded image: {name}")
+    return 0
+
+
+cli.add_command(image_save, "save")  # podman's and docker's spelling
+cli.add_command(image_load, "load")
 
 
 @cli.group()

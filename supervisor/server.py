@@ -85,6 +85,7 @@ class ControlServer:
             "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
             "image.build": self.build,
             "image.pull": self.image_pull, "image.push": self.image_push,
+            "image.save": self.image_save, "image.load": self.image_load,
         }
 
     async def serve(self, path: str,
@@ -347,6 +348,22 @@ class ControlServer:
         self.events.emit("image-push", result["id"], result["reference"])
         return result
 
+    async def image_save(self, params: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        from supervisor import image_archive
+
+        refs, fmt = image_archive.save_params(params)
+        fd = image_archive.archive_fd(params, fds, write=True)
+        return await image_archive.save(self.sup.images, fd, refs, fmt)
+
+    async def image_load(self, params: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        from supervisor import image_archive
+
+        fd = image_archive.archive_fd(params, fds, write=False)
+        result = await image_archive.load(self.sup.images, fd)
+        for image in result["images"]:
+            self.events.emit("image-load", image["id"], ",".join(image["tags"]))
+        return result
+
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         external = bool(params.get("external", False))  # podman's name: build steps
@@ -460,6 +477,8 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
         return await method(params, conn, request.id), []
     if name == "exec":
         return await method(params, conn, request.id, fds), []
+    if name in ("image_save", "image_load"):
+        return await method(params, fds), []
     if name in ("start", "run"):
         result, reply_fds = await method(params, fds)
         return result, reply_fds

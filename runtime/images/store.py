@@ -210,7 +210,7 @@ class ImageStore:
             self.db.execute(
                 "INSERT INTO images (id, manifest, created, config, layers, size) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "manifest = excluded.manifest",
+                "manifest = excluded.manifest, layers = excluded.layers, size = excluded.size",
                 (image_id, manifest_id, created, config_bytes.decode(), json.dumps(layers),
                  size))
             for name in names:
@@ -290,10 +290,11 @@ class ImageStore:
         """An image by name[:tag], full id, or unique id prefix (with or without
         ``sha256:``)."""
         with contextlib.suppress(SpecError):
-            row = self.db.execute("SELECT image FROM tags WHERE name = ?",
-                                  (normalize_name(ref),)).fetchone()
-            if row:
-                return self._row(row[0])
+            for name in short_name_candidates(normalize_name(ref)):
+                row = self.db.execute("SELECT image FROM tags WHERE name = ?",
+                                      (name,)).fetchone()
+                if row:
+                    return self._row(row[0])
         prefix = ref.removeprefix("sha256:")
         if prefix and all(c in "0123456789abcdef" for c in prefix):
             rows = self.db.execute("SELECT id FROM images WHERE id LIKE ?",
@@ -367,12 +368,24 @@ class ImageStore:
         return stale_blobs, stale_layers
 
 
+def short_name_candidates(name: str) -> list[str]:
+    """The names a normalized name may find, in order: itself, then, when it names no
+    registry, ``localhost/NAME`` and ``docker.io/library/NAME`` (``docker.io/NAME``
+    for ``a/b``): podman's names for local and Docker Hub images, so ``run foo`` finds
+    a loaded ``localhost/foo:latest`` as podman's short-name lookup does."""
+    first, slash, _ = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return [name]
+    return [name, f"localhost/{name}",
+            f"docker.io/{name}" if slash else f"docker.io/library/{name}"]
+
+
 def _tag_of(ref: str, image: Image) -> str | None:
     try:
-        name = normalize_name(ref)
+        names = short_name_candidates(normalize_name(ref))
     except SpecError:
         return None
-    return name if name in image.tags else None
+    return next((name for name in names if name in image.tags), None)
 
 
 def _created(doc: dict[str, Any]) -> float:
