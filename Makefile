@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
 TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils
 BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman
-DEMO_ROOTFS ?= build/demo-rootfs
 
 .PHONY: deps test-deps bench-deps demo test unit integration lint bench clean
 
@@ -40,30 +39,32 @@ bench-deps:
 	@$(PY) -m compileall -q supervisor runtime netplug
 
 demo: deps
-	$(VENV)/bin/myctr rootfs bootstrap busybox --force $(DEMO_ROOTFS)
-	$(VENV)/bin/myctr run --rm --rootfs $(DEMO_ROOTFS) --hostname demo /bin/sh -c \
+	@echo "--- an image: busybox:latest from the host's busybox-static (once), a container of it"
+	$(VENV)/bin/myctr image inspect busybox >/dev/null 2>&1 || $(VENV)/bin/myctr image bootstrap busybox
+	$(VENV)/bin/myctr run --rm --hostname demo busybox /bin/sh -c \
 		'echo "pid: $$$$"; echo "hostname: $$(hostname)"; echo "user: $$(id)"; echo "mounts:"; cat /proc/self/mounts'
-	@echo "--- a supervised service: restart policy, logs, exec"
+	@echo "--- a multi-stage Containerfile built (then rebuilt from cache), run, saved"
+	$(VENV)/bin/myctr build -t demo-app:1 docs/examples/demo
+	$(VENV)/bin/myctr build -t demo-app:1 docs/examples/demo | grep -c "Using cache" | sed 's/^/cached steps on the rebuild: /'
+	$(VENV)/bin/myctr run --rm demo-app:1
+	$(VENV)/bin/myctr run --rm demo-app:1 everyone
+	$(VENV)/bin/myctr images
+	$(VENV)/bin/myctr history demo-app:1
+	mkdir -p build && $(VENV)/bin/myctr save -o build/demo-app.tar demo-app:1 && ls -l build/demo-app.tar
+	@echo "--- a supervised service: restart policy, logs, exec, limits"
 	$(VENV)/bin/myctr rm -f demo-svc >/dev/null 2>&1 || true
 	$(VENV)/bin/myctr run -d --name demo-svc --restart always --restart-delay 0.2 \
 		--memory 64m --cpus 0.5 --pids-limit 50 \
-		--rootfs $(DEMO_ROOTFS) /bin/sh -c 'echo "started at $$(date +%T)"; sleep 1; exit 1'
+		busybox /bin/sh -c 'echo "started at $$(date +%T)"; sleep 1; exit 1'
 	sleep 3
 	$(VENV)/bin/myctr ps
 	$(VENV)/bin/myctr logs --tail 3 demo-svc
 	$(VENV)/bin/myctr exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
 	$(VENV)/bin/myctr stats --no-stream demo-svc || true
 	$(VENV)/bin/myctr rm -f demo-svc
-	@echo "--- an image: the rootfs as a tarball, imported, then run"
-	tar -C $(DEMO_ROOTFS) -czf build/demo-rootfs.tar.gz .
-	$(VENV)/bin/myctr image rm demo-box >/dev/null 2>&1 || true
-	$(VENV)/bin/myctr image import build/demo-rootfs.tar.gz demo-box
-	$(VENV)/bin/myctr images
-	$(VENV)/bin/myctr run --rm demo-box /bin/sh -c 'echo "hello from image demo-box: $$(uname -s)"'
-	$(VENV)/bin/myctr image rm demo-box
 	@echo "--- cgroup limits: a memory hog above --memory 32m is OOM-killed"
 	$(VENV)/bin/myctr rm -f demo-hog >/dev/null 2>&1 || true
-	$(VENV)/bin/myctr run --name demo-hog --memory 32m --memory-swap 32m --rootfs $(DEMO_ROOTFS) \
+	$(VENV)/bin/myctr run --name demo-hog --memory 32m --memory-swap 32m busybox \
 		/bin/sh -c 'x=$$(head -c 200000000 /dev/zero | tr "\0" a); echo survived' || true
 	$(VENV)/bin/myctr ps -a --format json | grep -E '"(name|status_text)"'
 	$(VENV)/bin/myctr rm demo-hog
