@@ -248,3 +248,38 @@ class TestBuild:
         assert json.loads(myctr("images", "-a", "--format", "json").stdout)[0]["tags"] == \
             ["base:1"]
         assert len(json.loads(myctr("images", "-a", "--format", "json").stdout)) == 1
+
+
+def test_crash_mid_build_leaves_no_image(myctr: Myctr, base: str) -> None:
+    """The supervisor killed (kill -9) while a RUN step runs: the next supervisor
+    removes the step's container, no named image appears, and image prune leaves only
+    the base image's files."""
+    import signal
+    import time
+
+    before = _store_files(myctr)
+    ctx = _context(myctr, """
+        FROM base:1
+        COPY a.txt /a.txt
+        RUN echo started; sleep 60
+        """, {"a.txt": "a\n"})
+    build = subprocess.Popen(myctr.command("build", "-t", "crashed:1", str(ctx)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not json.loads(myctr("ps", "--external", "--format", "json").stdout):
+        assert time.monotonic() < deadline and build.poll() is None, build.communicate()
+        time.sleep(0.05)
+    pid = harness.supervisor_call(myctr.state_root, "ping")["result"]["pid"]  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = build.communicate(timeout=30)
+    assert build.returncode == 125 and len(stderr.strip().splitlines()) == 1, stderr
+    assert json.loads(myctr("ps", "-a", "--external", "--format", "json").stdout) == []
+    assert [i["tags"] for i in _images(myctr)] == [["base:1"]]
+    assert myctr("image", "prune").returncode == 0
+    assert _store_files(myctr) == before
+
+
+def _store_files(myctr: Myctr) -> list[str]:
+    root = myctr.state_root / "data" / "images"
+    return sorted(os.listdir(root / "blobs" / "sha256")) + sorted(os.listdir(root / "layers"))
