@@ -118,6 +118,9 @@ def _run_options(f: Any) -> Any:
                      help="seccomp=unconfined, no-new-privileges[:true|false]."),
         click.option("--uidmap", multiple=True, help="CONTAINER:HOST:SIZE (root: user ns)."),
         click.option("--gidmap", multiple=True, help="CONTAINER:HOST:SIZE."),
+        click.option("--stop-signal", help="The signal stop sends (default: the image's "
+                     "StopSignal, else SIGTERM)."),
+        click.option("--entrypoint", help="Replace the image's entrypoint ('' clears it)."),
         click.option("--restart", default="no", show_default=True,
                      help="no, on-failure[:N], always or unless-stopped."),
         click.option("--restart-delay", type=float, default=0.1, show_default=True,
@@ -163,6 +166,10 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
         raise click.UsageError("give an IMAGE (or --rootfs DIR) and a command")
     if opts["workdir"] is not None:
         params["workdir"] = opts["workdir"]
+    if opts["stop_signal"]:
+        params["stop_signal"] = opts["stop_signal"]
+    if opts["entrypoint"] is not None:  # docker: one word; "" clears the image's
+        params["entrypoint"] = [opts["entrypoint"]] if opts["entrypoint"] else []
     for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
                       ("init_path", "init_path")):
         if opts[flag] is not None:
@@ -574,18 +581,22 @@ async def image_inspect(paths: Any, refs: tuple[str, ...]) -> int:
 
 
 @image.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove the containers using it too.")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_obj
-async def image_rm(paths: Any, refs: tuple[str, ...]) -> int:
+async def image_rm(paths: Any, force: bool, refs: tuple[str, ...]) -> int:
     """Untag or remove images."""
     client = _client(paths)
     for ref in refs:
-        result = client.call("image.remove", {"ref": ref})
+        result = client.call("image.remove", {"ref": ref, "force": force})
         for name in result["untagged"]:
             click.echo(f"Untagged: {name}")
         if result["deleted"]:
             click.echo(f"Deleted: {result['deleted']}")
     return 0
+
+
+cli.add_command(image_rm, "rmi")
 
 
 @image.command("tag")

@@ -41,7 +41,6 @@ from supervisor.store import ContainerRecord, Store
 from supervisor.zygote import CreatedInit, close_quietly
 
 log = get_logger("myctr.supervisor")
-STOP_SIGNAL = signal.SIGTERM
 TOMBSTONES = 1024
 
 
@@ -475,7 +474,7 @@ class Supervisor:
         if c.status == Status.RESTARTING and c.scope is not None:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
-            self.signal(c, STOP_SIGNAL)
+            self.signal(c, c.options.stop_signal)
             if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
                 await self.unpause(c)
             with trio.move_on_after(timeout):

@@ -176,4 +176,5 @@ def image_defaults(image: Image) -> dict[str, Any]:
         "cmd": list(config.get("Cmd") or []),
         "workdir": config.get("WorkingDir") or "",
         "user": config.get("User") or "",
+        "stop_signal": config.get("StopSignal") or "",
     }

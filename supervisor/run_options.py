@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -34,11 +35,25 @@ class CreateOptions(NamedTuple):
     resources: Resources = Resources()
     cgroups: bool = True  # podman's --cgroups=enabled|disabled
     image_id: str | None = None
+    stop_signal: int = signal.SIGTERM
 
 
 # image ref -> (lower dirs top first, image defaults (env, entrypoint, cmd, workdir,
 # user), image id)
 ImageResolver = Callable[[str], tuple[tuple[str, ...], dict[str, Any], str]]
+
+
+def parse_signal(value: Any) -> int:
+    """A signal by number, name or SIG-name: 9, "KILL", "SIGKILL", "9"."""
+    number = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.upper().removeprefix("SIG")
+        number = int(text) if text.isdigit() else int(getattr(signal, f"SIG{text}", 0))
+    if not 0 < number < signal.NSIG:
+        raise SpecError(f"invalid signal {value!r}")
+    return number
 
 
 def find_init(explicit: str | None) -> str:
@@ -194,8 +209,11 @@ def create_options(params: dict[str, Any],
         no_new_privileges=nnp,
         rootless=os.geteuid() != 0,
     )
+    stop_signal = parse_signal(_string(params, "stop_signal") or defaults.get("stop_signal")
+                               or "SIGTERM")
     return CreateOptions(
-        request=request, name=name, auto_remove=_flag(params, "auto_remove"),
+        request=request, stop_signal=stop_signal, name=name,
+        auto_remove=_flag(params, "auto_remove"),
         interactive=_flag(params, "interactive"), restart=restart, backoff=backoff,
         log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,
         resources=resources,

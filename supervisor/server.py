@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import struct
 import time
@@ -291,7 +290,14 @@ class ControlServer:
                 "lower_dirs": list(self.sup.images.store.lower_dirs(image))}
 
     async def image_remove(self, params: dict[str, Any]) -> dict[str, Any]:
-        result = await self.sup.images.remove(_image_ref(params), self.sup.image_in_use)
+        ref = _image_ref(params)
+        if params.get("force"):  # podman rmi -f: its containers go first
+            image = self.sup.images.store.resolve(ref)
+            others = len(image.tags) > 1 and ref in image.tags
+            for c in list(self.sup.containers.values()):
+                if not others and c.options.image_id == image.id:
+                    await self.sup.remove(c, force=True)
+        result = await self.sup.images.remove(ref, self.sup.image_in_use)
         return result
 
     async def image_tag(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -522,16 +528,9 @@ def _pty(attach: Attach | None) -> list[int]:
 
 
 def _signal(value: Any) -> int:
-    """A signal by number, name or SIG-name: 9, "KILL", "SIGKILL"."""
-    number = 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        text = value.upper().removeprefix("SIG")
-        number = int(text) if text.isdigit() else int(getattr(signal, f"SIG{text}", 0))
-    if not 0 < number < signal.NSIG:
-        raise SpecError(f"invalid signal {value!r}")
-    return number
+    from supervisor.run_options import parse_signal
+
+    return parse_signal(value)
 
 
 def _time_param(params: dict[str, Any], key: str) -> int | None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,39 @@ class TestBuild:
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == expected
 
+    def test_image_config_applies(self, myctr: Myctr, base: str) -> None:
+        """STOPSIGNAL is what stop sends; --entrypoint replaces the image's (and its
+        Cmd); metadata-only instructions land in the config."""
+        ctx = _context(myctr, """
+            FROM base:1
+            STOPSIGNAL SIGUSR1
+            LABEL org.example.role="test image" version=1
+            EXPOSE 8080 53/udp
+            VOLUME /data
+            HEALTHCHECK --interval=5s --retries=2 CMD true
+            ENTRYPOINT ["sh", "-c"]
+            CMD ["trap 'echo got usr1; exit 0' USR1; echo up; while true; do sleep 0.1; done"]
+            """)
+        _build(myctr, ctx, "-t", "cfg:1")
+        config = json.loads(myctr("image", "inspect", "cfg:1").stdout)[0]["config"]["config"]
+        assert config["StopSignal"] == "SIGUSR1"
+        assert config["Labels"] == {"org.example.role": "test image", "version": "1"}
+        assert config["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+        assert config["Volumes"] == {"/data": {}}
+        assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "true"],
+                                         "Interval": 5_000_000_000, "Retries": 2}
+        assert myctr("run", "-d", "--name", "sig", "cfg:1").returncode == 0
+        deadline = time.monotonic() + 20
+        while "up" not in myctr("logs", "sig").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert myctr("stop", "-t", "10", "sig").returncode == 0
+        assert "got usr1" in myctr("logs", "sig").stdout
+        assert myctr("wait", "sig").stdout.strip() == "0"
+        assert myctr("rm", "sig").returncode == 0
+        run = myctr("run", "--rm", "--entrypoint", "echo", "cfg:1", "replaced")
+        assert run.stdout == "replaced\n", run.stderr
+
     def test_entrypoint_resets_the_base_cmd(self, myctr: Myctr, base: str) -> None:
         first = _context(myctr, 'FROM base:1\nCMD ["from-base"]\n', name="first")
         _build(myctr, first, "-t", "withcmd:1")
@@ -255,7 +289,6 @@ def test_crash_mid_build_leaves_no_image(myctr: Myctr, base: str) -> None:
     removes the step's container, no named image appears, and image prune leaves only
     the base image's files."""
     import signal
-    import time
 
     before = _store_files(myctr)
     ctx = _context(myctr, """
