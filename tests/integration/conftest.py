@@ -103,3 +103,22 @@ def myctr(request: pytest.FixtureRequest, workspace: Path, rootfs_by_mode: dict[
     leaks = harness.leftovers(state_root)
     shutil.rmtree(state_root, ignore_errors=True)
     assert not leaks, f"the container left things behind: {leaks}"
+
+
+@pytest.fixture
+def hostns(workspace: Path) -> Iterator[harness.HostNetns]:
+    """A network namespace acting as the host of a network test (made and removed
+    here): the test's supervisor, bridges, veths and nftables rules live in it."""
+    directory = harness.make_shared_dir(f"{workspace}/netns-")
+    ns = harness.HostNetns(directory)
+    yield ns
+    ns.remove()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def myctr_net(myctr: harness.Myctr, hostns: harness.HostNetns) -> harness.Myctr:
+    """``myctr`` (root and rootless) whose CLI, and so its auto-started supervisor,
+    runs in ``hostns``."""
+    myctr.netns = hostns.path
+    return myctr

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_USER = "myctr-test"
@@ -136,13 +137,15 @@ class Myctr:
     rootfs: Path
     staged: Path | None = None
     user: pwd.struct_passwd | None = None
+    netns: Path | None = None  # run (and so auto-start the supervisor) in this netns
 
     def command(self, *args: str) -> list[str]:
         base = ["--root", str(self.state_root), *args]
+        enter = ["nsenter", f"--net={self.netns}"] if self.netns is not None else []
         if self.mode == "root":
-            return [sys.executable, "-m", "supervisor", *base]
+            return [*enter, sys.executable, "-m", "supervisor", *base]
         assert self.user is not None and self.staged is not None
-        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
+        return [*enter, "setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
                 "--init-groups", "--reset-env", "env", f"PYTHONPATH={self.staged}",
                 "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/usr/bin/python3", "-m", "supervisor",
                 *base]
@@ -161,6 +164,38 @@ class Myctr:
         result = self.run(*options, "/probe", *args)
         assert result.returncode == 0, result
         return result.json()
+
+
+class HostNetns:
+    """A network namespace the test makes and removes, acting as "the host" of network
+    tests: bridges, veths and nftables rules live in it, never on the machine's own
+    interfaces. Bound at ``path`` (a file), so it lives until :meth:`remove`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "netns"
+        self.path.touch()
+        subprocess.run(["unshare", f"--net={self.path}", "true"], check=True)
+        self.run("ip", "link", "set", "lo", "up")
+
+    def command(self, *args: str) -> list[str]:
+        return ["nsenter", f"--net={self.path}", *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args), check=check, capture_output=True,
+                              text=True, timeout=timeout, input=input)
+
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.command(*args), text=True, **kwargs)
+
+    def links(self) -> list[str]:
+        out = self.run("ip", "-o", "link", "show").stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def remove(self) -> None:
+        subprocess.run(["umount", str(self.path)], check=False, capture_output=True)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 def make_shared_dir(prefix: str) -> Path:
