@@ -91,17 +91,11 @@ class ContainerDir:
         atomic_write(os.path.join(self.path, SPEC_FILE), json.dumps(doc).encode(),
                      durable=False)
 
-    def write_etc_files(self, hostname: str, host_network: bool) -> dict[str, str]:
-        """Write hostname, hosts, resolv.conf; return {container path: host path}."""
-        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        hosts += f"127.0.1.1\t{hostname}\n"
-        files = {
-            "hostname": f"{hostname}\n",
-            "hosts": hosts,
-            "resolv.conf": resolv_conf(_read("/etc/resolv.conf"), keep_loopback=host_network),
-        }
-        paths = {f"/etc/{name}": os.path.join(self.etc, name) for name in files}
-        for name, text in files.items():
+    def write_etc_files(self, texts: dict[str, str]) -> dict[str, str]:
+        """Write the files the container gets at /etc (``{"hostname": text, "hosts":
+        ..., "resolv.conf": ...}``); return {container path: host path}."""
+        paths = {f"/etc/{name}": os.path.join(self.etc, name) for name in texts}
+        for name, text in texts.items():
             atomic_write(paths[f"/etc/{name}"], text.encode(), mode=0o644, durable=False)
         return paths
 
@@ -117,29 +111,8 @@ class ContainerDir:
         rmtree(self.path)
 
 
-def resolv_conf(host_text: str, keep_loopback: bool) -> str:
-    """The host's resolv.conf; a resolver on the host's loopback is unreachable from a
-    container's own network namespace, so those lines go (podman does the same)."""
-    lines = []
-    for line in host_text.splitlines():
-        fields = line.split()
-        if (not keep_loopback and len(fields) >= 2 and fields[0] == "nameserver"
-                and (fields[1].startswith("127.") or fields[1] == "::1")):
-            continue
-        lines.append(line)
-    return "\n".join(lines) + "\n" if lines else ""
-
-
 def rmtree(path: str) -> None:
     import shutil
 
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""

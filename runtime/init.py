@@ -44,6 +44,9 @@ class InitConfig(NamedTuple):
     merged: str
     stdin_devnull: bool = False
     seccomp_bpf: bytes | None = None
+    # The overlay skips syncing its upper dir (on umount too): for containers whose
+    # upper dir does not outlive them (--rm, build steps), as podman does.
+    volatile: bool = False
     # Set by create(): the cgroup namespace is unshared once the parent has moved the
     # init into the container's cgroup, so that cgroup becomes the namespace's root.
     unshare_cgroupns: bool = False
@@ -122,7 +125,8 @@ def become_process(spec: ContainerSpec, config: InitConfig, channel: Channel) ->
 def _build_root(spec: ContainerSpec, paths: InitConfig) -> None:
     userns = spec.uses_user_namespace
     rootfs.make_private()
-    rootfs.mount_overlay(list(paths.lower), paths.upper, paths.work, paths.merged, userns)
+    rootfs.mount_overlay(list(paths.lower), paths.upper, paths.work, paths.merged, userns,
+                         paths.volatile)
     rootfs.mount_all(spec, paths.merged)
     if spec.linux.has_namespace("uts") and spec.hostname:
         socket.sethostname(spec.hostname)

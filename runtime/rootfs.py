@@ -23,9 +23,12 @@ DEV_SYMLINKS = (
 )
 
 
-def overlay_options(lower: list[str], upper: str, work: str, in_user_namespace: bool) -> str:
+def overlay_options(lower: list[str], upper: str, work: str, in_user_namespace: bool,
+                    volatile: bool = False) -> str:
     options = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
-    return f"{options},userxattr" if in_user_namespace else options
+    if in_user_namespace:
+        options += ",userxattr"
+    return f"{options},volatile" if volatile else options
 
 
 def make_private() -> None:
@@ -33,8 +36,10 @@ def make_private() -> None:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
 
 
-def mount_overlay(lower: list[str], upper: str, work: str, merged: str, userns: bool) -> None:
-    libc.mount("overlay", merged, "overlay", 0, overlay_options(lower, upper, work, userns))
+def mount_overlay(lower: list[str], upper: str, work: str, merged: str, userns: bool,
+                  volatile: bool = False) -> None:
+    libc.mount("overlay", merged, "overlay", 0,
+               overlay_options(lower, upper, work, userns, volatile))
 
 
 def mount_all(spec: ContainerSpec, root: str) -> None:

@@ -109,8 +109,18 @@ def _run_options(f: Any) -> Any:
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
         click.option("-v", "--volume", multiple=True, help="Bind mount SRC:DST[:ro]."),
         click.option("--tmpfs", multiple=True, help="Mount a tmpfs at DST[:OPTIONS]."),
-        click.option("--network", "--net", "network", default="none", show_default=True,
-                     help="none or host."),
+        click.option("--network", "--net", "network",
+                     help="none, host, slirp4netns[:OPT=V,...], bridge or a network's name "
+                     "(default: slirp4netns rootless, bridge as root)."),
+        click.option("-p", "--publish", multiple=True,
+                     help="[IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]."),
+        click.option("-P", "--publish-all", is_flag=True,
+                     help="Publish the image's EXPOSEd ports on random host ports."),
+        click.option("--dns", multiple=True, help="A nameserver for /etc/resolv.conf."),
+        click.option("--dns-search", multiple=True, help="A search domain."),
+        click.option("--add-host", multiple=True, help="NAME:IP into /etc/hosts."),
+        click.option("--network-alias", multiple=True,
+                     help="Another name on a named network."),
         click.option("--init", "use_init", is_flag=True, help="Run catatonit as PID 1."),
         click.option("--init-path", help="Path of the init to use with --init."),
         click.option("--ulimit", multiple=True, help="NAME=SOFT[:HARD], e.g. nofile=1024:2048."),
@@ -147,7 +157,7 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
     env = [e for e in (options.parse_env(v) for v in opts["env"]) if e is not None]
     params: dict[str, Any] = {
         "command": list(opts["command"]), "env": list(options.merge_env(env_files, env)),
-        "network": opts["network"], "read_only": opts["read_only"],
+        "read_only": opts["read_only"],
         "tty": opts["tty"], "interactive": opts["interactive"],
         "init": opts["use_init"], "auto_remove": opts["auto_remove"],
         "restart": opts["restart"], "restart_delay": opts["restart_delay"],
@@ -168,6 +178,14 @@ def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
         params["workdir"] = opts["workdir"]
     if opts["stop_signal"]:
         params["stop_signal"] = opts["stop_signal"]
+    if opts["network"]:
+        params["network"] = opts["network"]
+    for key, name in (("publish", "publish"), ("dns", "dns"), ("dns_search", "dns_search"),
+                      ("add_host", "add_hosts"), ("network_alias", "network_aliases")):
+        if opts[key]:
+            params[name] = list(opts[key])
+    if opts["publish_all"]:
+        params["publish_all"] = True
     if opts["entrypoint"] is not None:  # docker: one word; "" clears the image's
         params["entrypoint"] = [opts["entrypoint"]] if opts["entrypoint"] else []
     for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
@@ -925,6 +943,108 @@ async def image_load(paths: Any, input_: str | None, quiet: bool) -> int:
 
 cli.add_command(image_save, "save")  # podman's and docker's spelling
 cli.add_command(image_load, "load")
+
+
+@cli.command()
+@click.argument("container")
+@click.argument("private_port", required=False)
+@click.pass_obj
+async def port(paths: Any, container: str, private_port: str | None) -> int:
+    """List a container's published ports (or the host side of one)."""
+    doc = _client(paths).call("container.inspect", {"id": container})
+    ports = (doc.get("network") or {}).get("ports") or []
+    for p in ports:
+        key = f"{p['container_port']}/{p['protocol']}"
+        if private_port and private_port not in (key, str(p["container_port"])):
+            continue
+        host = f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}"
+        click.echo(host if private_port else f"{key} -> {host}")
+    return 0
+
+
+@cli.group()
+async def network() -> None:
+    """Networks: create, ls, inspect, rm, connect, disconnect."""
+
+
+@network.command("create")
+@click.option("--subnet", help="CIDR, e.g. 10.90.0.0/24 (default: a free 10.89.N.0/24).")
+@click.option("--gateway", help="The bridge's address (default: the first of the subnet).")
+@click.argument("name")
+@click.pass_obj
+async def network_create(paths: Any, subnet: str | None, gateway: str | None,
+                         name: str) -> int:
+    """Create a bridge network NAME."""
+    doc = _client(paths).call("network.create", {"name": name, "subnet": subnet,
+                                                 "gateway": gateway})
+    click.echo(doc["name"])
+    return 0
+
+
+@network.command("ls")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-q", "--quiet", is_flag=True, help="Only print names.")
+@click.pass_obj
+async def network_ls(paths: Any, fmt: str, quiet: bool) -> int:
+    """List networks."""
+    rows = _client(paths).call("network.list", {})
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif quiet:
+        for row in rows:
+            click.echo(row["name"])
+    else:
+        click.echo(f"{'NAME':<20}{'DRIVER':<10}{'SUBNET':<20}{'GATEWAY':<16}BRIDGE")
+        for row in rows:
+            click.echo(f"{row['name']:<20}{row['driver']:<10}{row['subnet']:<20}"
+                       f"{row['gateway']:<16}{row['bridge']}")
+    return 0
+
+
+@network.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+async def network_inspect(paths: Any, names: tuple[str, ...]) -> int:
+    """Show networks' details as JSON."""
+    client = _client(paths)
+    click.echo(json.dumps([client.call("network.inspect", {"name": n}) for n in names],
+                          indent=2))
+    return 0
+
+
+@network.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+async def network_rm(paths: Any, names: tuple[str, ...]) -> int:
+    """Remove networks (no container may use them)."""
+    client = _client(paths)
+    for name in names:
+        client.call("network.remove", {"name": name})
+        click.echo(name)
+    return 0
+
+
+@network.command("connect")
+@click.option("--alias", "aliases", multiple=True, help="Another name on the network.")
+@click.argument("name")
+@click.argument("container")
+@click.pass_obj
+async def network_connect(paths: Any, aliases: tuple[str, ...], name: str,
+                          container: str) -> int:
+    """Put a (stopped) container on network NAME, from its next start."""
+    _client(paths).call("network.connect", {"name": name, "id": container,
+                                            "aliases": list(aliases)})
+    return 0
+
+
+@network.command("disconnect")
+@click.argument("name")
+@click.argument("container")
+@click.pass_obj
+async def network_disconnect(paths: Any, name: str, container: str) -> int:
+    """Take a (stopped) container off network NAME (it then has --network none)."""
+    _client(paths).call("network.disconnect", {"name": name, "id": container})
+    return 0
 
 
 @cli.group()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+import outcome
 import trio
 
 from runtime import containerdir, libc
@@ -77,6 +78,7 @@ class Container:
         self.exited = trio.Event()
         self.finished = trio.Event()  # the task tree ended (no restart due)
         self.cgroup: Any = None  # the current run's cgroup handle, if it has one
+        self.attached: Any = None  # the current run's netplug.Attached, if any
         self.update_lock = trio.Lock()
 
     @property
@@ -110,6 +112,13 @@ class Supervisor:
                                    preparing.id_map_plan() if os.geteuid() != 0 else None)
         self.inotify = Inotify()
         nursery.start_soon(self.inotify.run)
+        from supervisor.networks import NetworkManager
+
+        self.networks = NetworkManager(store.db, self.cgroups.tag, paths.run)
+        rootless = os.geteuid() != 0
+        # podman's default (slirp4netns rootless, bridge as root), or MYCTR_NETWORK
+        self.default_network = os.environ.get("MYCTR_NETWORK") or (
+            "slirp4netns" if rootless else "bridge")
 
     def our_pids(self) -> list[int]:
         return [os.getpid(), self.spawner.zygote_pid]
@@ -149,7 +158,9 @@ class Supervisor:
         return any(c.options.image_id == image_id for c in self.containers.values())
 
     def _create(self, params: dict[str, Any]) -> Container:
-        options = create_options(params, self.resolve_image)
+        if not params.get("network"):  # the default of this supervisor, recorded
+            params = {**params, "network": self.default_network}
+        options = create_options(params, self.resolve_image, self.networks.exists)
         if options.image_id:  # the image itself, whatever its tag names later
             params = {**params, "image_id": options.image_id}
         self.cgroups.check(options.resources, self.our_pids())
@@ -186,7 +197,9 @@ class Supervisor:
         cdir = ContainerDir(self.paths, c.id)
         if not os.path.exists(cdir.path):
             preparing.make_dirs(cdir, plan)
-        return preparing.prepare(cdir, o.request, plan, o.interactive)
+        return preparing.prepare(cdir, o.request, plan, o.interactive,
+                                 preparing.etc_texts(o.request, o.network),
+                                 volatile=o.auto_remove or bool(c.record.params.get("build")))
 
     def _forget(self, c: Container) -> None:
         """Drop a container whose overlay was never mounted (its dirs are ours)."""
@@ -230,9 +243,18 @@ class Supervisor:
         first = True
 
         async def start_and_wait() -> int:
+            # The run's nursery: the network plug's task lives as long as the run. What
+            # the run raises is carried out of the nursery as is (not as a group).
+            async with trio.open_nursery() as run:
+                result = await outcome.acapture(run_once, run)
+                run.cancel_scope.cancel()  # the plug tears down (shielded)
+                self._unplugged(c)
+            return result.unwrap()  # type: ignore[no-any-return]
+
+        async def run_once(run: trio.Nursery) -> int:
             nonlocal first, attach
             try:
-                launched = await self._launch(c, attach)
+                launched = await self._launch(c, attach, run)
             except ContainerError as exc:
                 self._exit(c, exc.exit_code)
                 if first:
@@ -275,7 +297,8 @@ class Supervisor:
         self._emit(c, "restart-scheduled", attempt=scheduled.attempt, delay=scheduled.delay,
                    exit_code=scheduled.exit_code)
 
-    async def _launch(self, c: Container, attach: Attach | None) -> Launched:
+    async def _launch(self, c: Container, attach: Attach | None,
+                      run: trio.Nursery) -> Launched:
         if c.prepared is None:  # loaded after a supervisor restart
             c.prepared = await trio.to_thread.run_sync(self._prepare, c)
         prepared = c.prepared
@@ -299,6 +322,12 @@ class Supervisor:
         # container wake reap_strays) before start() returns.
         self.known_children.add(init.pid)
         try:
+            try:
+                await self._plug(c, init.pid, run)
+            except BaseException:  # the init waits for its go: end it
+                with contextlib.suppress(ProcessLookupError):
+                    libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
+                raise
             await self.spawner.start(init)
         except BaseException as exc:
             if not isinstance(exc, ContainerError):  # cancelled before its exec: end it
@@ -317,6 +346,42 @@ class Supervisor:
         c.exited = trio.Event()
         self._emit(c, "start", pid=init.pid)
         return Launched(init, out_r, err_r)
+
+    async def _plug(self, c: Container, pid: int, run: trio.Nursery) -> None:
+        """This run's network: its plug's task in the run's nursery, started (and
+        its /etc/hosts written) before the container's command runs."""
+        config = c.options.network
+        plug = await self.networks.plug(
+            config, c.id, ContainerDir(self.paths, c.id).path,
+            lambda reason: self._network_failed(c, reason))
+        if plug is None:
+            return
+        c.attached = await run.start(plug.run, pid)
+        hosts = os.path.join(ContainerDir(self.paths, c.id).etc, "hosts")
+        request = c.options.request
+        address = c.attached.interfaces[0].address if c.attached.interfaces else ""
+        own = preparing.hosts_text(request, config, address, c.record.name)
+        names = tuple(dict.fromkeys((c.record.name, request.hostname, c.id[:12],
+                                     *config.aliases)))
+        await trio.to_thread.run_sync(self.networks.joined, config, c.id, own, hosts,
+                                      address, names)
+        self._emit(c, "network-attach", **{"network": config.mode, **_net_summary(c.attached)})
+
+    def _unplugged(self, c: Container) -> None:
+        if c.attached is not None:
+            self.networks.left(c.options.network, c.id)
+            c.attached = None
+
+    def _network_failed(self, c: Container, reason: str) -> None:
+        """A plug lost the container's network (slirp4netns died): the container is
+        stopped (killed), and the event and the log say why."""
+        log.error("network failed: stopping the container", container_id=c.id, reason=reason)
+        self._emit(c, "network-failed", reason=reason, action="container killed")
+
+        async def kill() -> None:
+            if c.pidfd >= 0:
+                await self.kill_all(c)
+        self.nursery.start_soon(kill)
 
     async def _make_cgroup(self, c: Container) -> Any:
         """This run's cgroup, with the container's limits (None: no cgroups here)."""
@@ -507,6 +572,20 @@ class Supervisor:
             raise SpecError(f"{verb} needs a cgroup: {self.cgroups.why or 'none was made'}")
         return c.cgroup
 
+    async def set_network(self, c: Container, changes: dict[str, Any]) -> None:
+        """``network connect``/``disconnect`` of a container that is not running: its
+        network from the next start (a container has one network here)."""
+        if is_active(c.status) or c.scope is not None:
+            raise Conflict(f"container {c.record.name} is {c.status.value}: stop it first "
+                           "(a running container's network cannot change here)")
+        params = {**c.record.params, **changes}
+        options = create_options(params, self.resolve_image, self.networks.exists)
+        c.options = self._effective(options, c.id)
+        self.store.update(c.id, params=params)
+        c.record = self.store.get(c.id)
+        self.networks.release(c.id)
+        c.prepared = await trio.to_thread.run_sync(self._prepare, c)
+
     async def pause(self, c: Container) -> None:
         if c.status != Status.RUNNING:
             raise Conflict(f"container {c.record.name} is {c.status.value}, not running")
@@ -604,6 +683,7 @@ class Supervisor:
 
     async def _remove_now(self, c: Container) -> None:
         self._set(c, status=Status.REMOVING.value)
+        self.networks.release(c.id)
         await self._destroy(c)
         self.events.emit("remove", c.id, c.record.name)
 
@@ -630,13 +710,16 @@ class Supervisor:
         """After a crash (kill -9): load every container, make sure none of the old
         inits lives on, clean what auto-removed ones left, and apply restart policies."""
         await trio.to_thread.run_sync(self.cgroups.recover)
-        for record in list(self.store.all()):
+        records = list(self.store.all())
+        await trio.to_thread.run_sync(self.networks.startup, {r.id for r in records})
+        for record in records:
             try:
-                options = create_options(record.params, self.resolve_image)
+                options = create_options(record.params, self.resolve_image,
+                                         self.networks.exists)
             except ContainerError as exc:
                 try:  # limits the host can no longer give (a device, a CPU): run without
                     options = create_options({**record.params, "resources": {}},
-                                             self.resolve_image)
+                                             self.resolve_image, self.networks.exists)
                     log.warning("container limits dropped", container_id=record.id,
                                 error=str(exc))
                 except ContainerError:
@@ -691,6 +774,12 @@ async def _wait_exit(pid: int, pidfd: int) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _net_summary(attached: Any) -> dict[str, Any]:
+    ports = [str(p) for p in attached.ports]
+    addresses = [f"{i.address}/{i.prefix}" for i in attached.interfaces]
+    return {"addresses": addresses, "ports": ports}
 
 
 def _host_memory() -> int:

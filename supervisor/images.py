@@ -177,4 +177,5 @@ def image_defaults(image: Image) -> dict[str, Any]:
         "workdir": config.get("WorkingDir") or "",
         "user": config.get("User") or "",
         "stop_signal": config.get("StopSignal") or "",
+        "exposed_ports": sorted(config.get("ExposedPorts") or {}),
     }

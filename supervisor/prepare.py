@@ -7,6 +7,7 @@ import os
 import pwd
 from typing import NamedTuple
 
+from netplug import NetworkConfig
 from runtime import capabilities, idmap, seccomp
 from runtime.containerdir import ContainerDir
 from runtime.defaults import RunRequest, build_spec
@@ -69,19 +70,58 @@ def make_dirs(cdir: ContainerDir, plan: IdMapPlan | None) -> None:
         cdir.hand_over(host_id(plan.uid_mappings), host_id(plan.gid_mappings))
 
 
+SLIRP_DNS = "10.0.2.3"
+
+
+def etc_texts(request: RunRequest, network: NetworkConfig) -> dict[str, str]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf before the network is up (the
+    hosts file gets the container's address once its plug reports it)."""
+    from netplug.etc import render_resolv
+
+    nameservers = list(network.dns)
+    if not nameservers and network.mode == "slirp4netns":
+        nameservers = [SLIRP_DNS]  # the host's loopback resolver is out of reach
+    return {
+        "hostname": f"{request.hostname}\n",
+        "hosts": hosts_text(request, network, "", ""),
+        "resolv.conf": render_resolv(_read("/etc/resolv.conf"),
+                                     keep_loopback=network.mode == "host",
+                                     nameservers=nameservers, search=network.dns_search),
+    }
+
+
+def hosts_text(request: RunRequest, network: NetworkConfig, address: str, name: str) -> str:
+    """The container's own part of /etc/hosts: localhost, itself (at its address once
+    known), and --add-host entries."""
+    from netplug.etc import render_hosts
+
+    names = " ".join(dict.fromkeys(n for n in (request.hostname, name) if n))
+    own = [(address, names)] if address else []
+    return render_hosts(request.hostname, own, network.add_hosts)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,
-            interactive: bool) -> Prepared:
+            interactive: bool, etc: dict[str, str] | None = None,
+            volatile: bool = False) -> Prepared:
     """Write the container's /etc files and config.json; build what the init needs."""
     if not os.path.isdir(request.rootfs):
         raise SpecError(f"rootfs {request.rootfs}: no such directory")
-    files = cdir.write_etc_files(request.hostname, host_network=request.network == "host")
+    files = cdir.write_etc_files(etc or etc_texts(request, NetworkConfig(request.network)))
     profile = seccomp_profile(request)
     spec = build_spec(request, plan, files, profile)
     cdir.write_spec(spec.to_oci())
     config = InitConfig(
         lower=request.lowers or (os.path.realpath(request.rootfs),), upper=cdir.upper,
         work=cdir.work,
-        merged=cdir.merged, stdin_devnull=not interactive,
+        merged=cdir.merged, stdin_devnull=not interactive, volatile=volatile,
         seccomp_bpf=compile_seccomp(profile),
     )
     return Prepared(spec, config, plan)

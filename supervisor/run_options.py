@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from netplug import NetworkConfig
 from runtime import capabilities, idmap, options
 from runtime.cgroups.limits import Resources, parse_resources
 from runtime.defaults import RunRequest
@@ -19,7 +20,6 @@ from runtime.users import validate_user_option
 from supervisor.restart import Backoff, RestartPolicy
 
 INIT_CANDIDATES = ("catatonit", "tini", "tini-static")
-NETWORK_MODES = ("none", "host")
 
 
 class CreateOptions(NamedTuple):
@@ -36,6 +36,7 @@ class CreateOptions(NamedTuple):
     cgroups: bool = True  # podman's --cgroups=enabled|disabled
     image_id: str | None = None
     stop_signal: int = signal.SIGTERM
+    network: NetworkConfig = NetworkConfig("none")
 
 
 # image ref -> (lower dirs top first, image defaults (env, entrypoint, cmd, workdir,
@@ -115,8 +116,61 @@ def _seconds(params: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
+# a network name -> whether it exists (named networks are the supervisor's)
+NetworkResolver = Callable[[str], bool]
+
+
+def network_config(params: dict[str, Any], defaults: dict[str, Any],
+                   networks: NetworkResolver | None) -> NetworkConfig:
+    """``--network``, ``-p``/``-P``, ``--dns``, ``--dns-search``, ``--add-host``,
+    ``--network-alias``. Without a mode, podman's default: slirp4netns rootless, bridge
+    as root (the supervisor records its own default in the params first)."""
+    import ipaddress
+
+    from netplug import parse_network, ports
+
+    rootless = os.geteuid() != 0
+    mode, net_options = parse_network(_string(params, "network"), rootless)
+    if mode not in ("none", "host", "slirp4netns", "bridge") and (
+            networks is None or not networks(mode)):
+        raise SpecError(f"network {mode!r} not found (create it with `network create`)")
+    if mode not in ("none", "host", "slirp4netns") and rootless:
+        raise SpecError(f"--network {mode}: bridge networks need root (rootless "
+                        "containers use slirp4netns)")
+    mappings = [m for v in _strings(params, "publish") for m in ports.parse_publish(v)]
+    if _flag(params, "publish_all"):
+        mappings += ports.exposed_ports(defaults.get("exposed_ports") or [])
+    if mappings and mode in ("none", "host"):
+        raise SpecError(f"-p/--publish needs a network of the container's own: "
+                        f"--network {mode} has no ports to publish")
+    for server in _strings(params, "dns"):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise SpecError(f"invalid --dns {server!r}: not an IP address") from None
+    add_hosts = []
+    for item in _strings(params, "add_hosts"):
+        name, sep, address = item.partition(":")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise SpecError(f"invalid --add-host {item!r}: expected NAME:IP") from None
+        if not sep or not name:
+            raise SpecError(f"invalid --add-host {item!r}: expected NAME:IP")
+        add_hosts.append((name, address))
+    aliases = tuple(_strings(params, "network_aliases"))
+    if aliases and mode in ("none", "host", "slirp4netns", "bridge"):
+        raise SpecError("--network-alias is for named networks (`network create`)")
+    if mode == "host" and (_strings(params, "dns") or _strings(params, "dns_search")):
+        raise SpecError("--dns and --dns-search cannot be used with --network host")
+    return NetworkConfig(mode, net_options, ports.merge(mappings), aliases,
+                         tuple(_strings(params, "dns")), tuple(_strings(params, "dns_search")),
+                         tuple(add_hosts))
+
+
 def create_options(params: dict[str, Any],
-                   images: ImageResolver | None = None) -> CreateOptions:
+                   images: ImageResolver | None = None,
+                   networks: NetworkResolver | None = None) -> CreateOptions:
     """Validate create params; raises SpecError naming the first bad value."""
     command = _strings(params, "command")
     rootfs = _string(params, "rootfs")
@@ -148,10 +202,8 @@ def create_options(params: dict[str, Any],
                                                if image else ""))
     for cap in (*_strings(params, "cap_add"), *_strings(params, "cap_drop")):
         capabilities.normalize(cap)
-    network = _string(params, "network", "none")
-    if network not in NETWORK_MODES:
-        raise SpecError(f"invalid --network {network!r}: supported are "
-                        + ", ".join(NETWORK_MODES))
+    net = network_config(params, defaults, networks)
+    network = net.mode if net.mode in ("none", "host") else "private"
     user = _string(params, "user") or defaults["user"] or None
     if user is not None:
         validate_user_option(user)
@@ -212,7 +264,7 @@ def create_options(params: dict[str, Any],
     stop_signal = parse_signal(_string(params, "stop_signal") or defaults.get("stop_signal")
                                or "SIGTERM")
     return CreateOptions(
-        request=request, stop_signal=stop_signal, name=name,
+        request=request, stop_signal=stop_signal, network=net, name=name,
         auto_remove=_flag(params, "auto_remove"),
         interactive=_flag(params, "interactive"), restart=restart, backoff=backoff,
         log_opts=log_opts, uid_mappings=uid_maps, gid_mappings=gid_maps,

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from runtime import capabilities
-from runtime.errors import SpecError
+from runtime.errors import Conflict, SpecError
 from runtime.log import get_logger
 from supervisor import fdpass, protocol
 from supervisor.engine import Attach, Supervisor
@@ -83,6 +83,10 @@ class ControlServer:
             "image.tag": self.image_tag, "image.prune": self.image_prune,
             "image.bootstrap": self.image_bootstrap, "image.history": self.image_history,
             "image.build": self.build,
+            "network.create": self.network_create, "network.list": self.network_list,
+            "network.inspect": self.network_inspect, "network.remove": self.network_remove,
+            "network.connect": self.network_connect,
+            "network.disconnect": self.network_disconnect,
             "image.pull": self.image_pull, "image.push": self.image_push,
             "image.save": self.image_save, "image.load": self.image_load,
         }
@@ -370,6 +374,53 @@ class ControlServer:
             self.events.emit("image-load", image["id"], ",".join(image["tags"]))
         return result
 
+    async def network_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str) or not name:
+            raise protocol.RpcError(protocol.INVALID_PARAMS, "invalid params: 'name'")
+        subnet, gateway = params.get("subnet"), params.get("gateway")
+        network = self.sup.networks.create(name, subnet if isinstance(subnet, str) else None,
+                                           gateway if isinstance(gateway, str) else None)
+        self.events.emit("network-create", network.name, network.subnet)
+        return network.to_json()
+
+    async def network_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        networks = self.sup.networks
+        rows = [n.to_json() for n in networks.all()]
+        if not networks.rootless and not any(r["name"] == "bridge" for r in rows):
+            rows.insert(0, networks.get("bridge").to_json())  # the default, as podman's
+        return rows
+
+    async def network_inspect(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.sup.networks.inspect(_name(params))
+
+    async def network_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = _name(params)
+
+        def users(network: str) -> list[str]:
+            return [c.record.name for c in self.sup.containers.values()
+                    if c.options.network.mode == network]
+        await self.sup.networks.remove(name, users)
+        self.events.emit("network-remove", name, name)
+        return {"name": name}
+
+    async def network_connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        name = _name(params)
+        self.sup.networks.get(name)
+        aliases = params.get("aliases") or []
+        await self.sup.set_network(c, {"network": name, "network_aliases": list(aliases)})
+        return {"id": c.id, "network": name}
+
+    async def network_disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
+        c = self.sup.get(_ref(params))
+        name = _name(params)
+        if c.options.network.mode != name:
+            raise Conflict(f"container {c.record.name} is not on network {name}")
+        await self.sup.set_network(c, {"network": "none", "network_aliases": [],
+                                       "publish": [], "publish_all": False})
+        return {"id": c.id, "network": "none"}
+
     async def list_containers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         show_all = bool(params.get("all", False))
         external = bool(params.get("external", False))  # podman's name: build steps
@@ -387,7 +438,8 @@ class ControlServer:
                 "finished_at": r.finished_at, "restart_count": r.restart_count,
                 "restart_policy": str(c.options.restart), "spec": self.sup.store.get(c.id).spec,
                 "log_path": r.log_path, "manually_stopped": r.manually_stopped,
-                "params": r.params}
+                "params": r.params, "network_mode": c.options.network.mode,
+                "network": c.attached.to_json() if c.attached is not None else None}
 
     async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
         ref = _ref(params)
@@ -489,6 +541,14 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
         result, reply_fds = await method(params, fds)
         return result, reply_fds
     return await method(params), []
+
+
+def _name(params: dict[str, Any]) -> str:
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise protocol.RpcError(protocol.INVALID_PARAMS, "invalid params: 'name' must name "
+                                "a network")
+    return name
 
 
 def _image_ref(params: dict[str, Any]) -> str:

@@ -239,6 +239,7 @@ def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | No
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,
             "merged": config.merged, "stdin_devnull": config.stdin_devnull,
+            "volatile": config.volatile,
             "seccomp_bpf": config.seccomp_bpf.hex() if config.seccomp_bpf else None,
         },
         "plan": encode_plan(plan),
@@ -258,6 +259,7 @@ def decode_config(doc: dict[str, Any]) -> InitConfig:
     return InitConfig(
         lower=tuple(doc["lower"]), upper=doc["upper"], work=doc["work"],
         merged=doc["merged"], stdin_devnull=doc["stdin_devnull"],
+        volatile=bool(doc.get("volatile")),
         seccomp_bpf=bytes.fromhex(bpf) if bpf else None,
     )
 

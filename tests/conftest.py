@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Every supervisor a test starts defaults to --network none: no test makes a bridge or
+# an nftables table on the machine's own network (network tests pick their modes, in a
+# network namespace of their own).
+os.environ["MYCTR_NETWORK"] = "none"
+
 _REPO = Path(__file__).resolve().parents[1]
 _CANDIDATES = [os.environ.get("MYCTR_VM_HARNESS", ""), str(_REPO.parent / "shared" / "vm"),
                "/work/shared/vm"]

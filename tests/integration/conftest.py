@@ -121,4 +121,5 @@ def myctr_net(myctr: harness.Myctr, hostns: harness.HostNetns) -> harness.Myctr:
     """``myctr`` (root and rootless) whose CLI, and so its auto-started supervisor,
     runs in ``hostns``."""
     myctr.netns = hostns.path
+    myctr.default_network = ""  # podman's: slirp4netns rootless, bridge as root
     return myctr

@@ -139,16 +139,23 @@ class Myctr:
     user: pwd.struct_passwd | None = None
     netns: Path | None = None  # run (and so auto-start the supervisor) in this netns
 
+    # The supervisor's default network (MYCTR_NETWORK): "none" unless a test runs in a
+    # network namespace of its own (``myctr_net``), so no test makes a bridge or
+    # slirp4netns on the machine's own network.
+    default_network: str = "none"
+
     def command(self, *args: str) -> list[str]:
         base = ["--root", str(self.state_root), *args]
         enter = ["nsenter", f"--net={self.netns}"] if self.netns is not None else []
+        network = [f"MYCTR_NETWORK={self.default_network}"] if self.default_network else []
         if self.mode == "root":
-            return [*enter, sys.executable, "-m", "supervisor", *base]
+            unset = [] if network else ["-u", "MYCTR_NETWORK"]
+            return [*enter, "env", *unset, *network, sys.executable, "-m", "supervisor", *base]
         assert self.user is not None and self.staged is not None
         return [*enter, "setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
                 "--init-groups", "--reset-env", "env", f"PYTHONPATH={self.staged}",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/usr/bin/python3", "-m", "supervisor",
-                *base]
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *network, "/usr/bin/python3", "-m",
+                "supervisor", *base]
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> Result:
         proc = subprocess.run(self.command(*args), input=input, capture_output=True,

@@ -145,6 +145,18 @@ class TestFilesystem:
         assert result["ok"], result
         assert (myctr.rootfs / "bin" / "busybox").stat().st_size > 100_000
 
+    def test_rm_containers_overlay_is_volatile(self, myctr: Myctr) -> None:
+        """--rm: the overlay does not sync its upper dir (on exit neither), as podman's;
+        a kept container's does."""
+        def root_mount(*args: str) -> str:
+            result = myctr(*args, "--rootfs", str(myctr.rootfs), "sh", "-c",
+                           "grep ' / / ' /proc/self/mountinfo")
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+        assert "volatile" in root_mount("run", "--rm")
+        assert "volatile" not in root_mount("run", "--name", "kept")
+        assert myctr("rm", "kept").returncode == 0
+
     def test_read_only_rootfs(self, myctr: Myctr) -> None:
         """--read-only makes / read-only while /dev/shm stays writable."""
         result = myctr.probe("write", "/etc/x", "y", options=("--read-only",))

@@ -18,22 +18,15 @@ class TestFiles:
         containerdir.atomic_write(str(target), b"two", durable=False)
         assert target.read_bytes() == b"two" and os.listdir(tmp_path) == ["f"]
 
-    def test_resolv_conf_drops_loopback_resolvers(self) -> None:
-        """Loopback nameservers are dropped unless the container shares the host's net."""
-        host = "nameserver 127.0.0.53\nnameserver 9.9.9.9\nsearch lan\n"
-        assert containerdir.resolv_conf(host, keep_loopback=False) == (
-            "nameserver 9.9.9.9\nsearch lan\n")
-        assert containerdir.resolv_conf(host, keep_loopback=True) == host
-
     def test_etc_files_and_remove(self, tmp_path: Path) -> None:
         """The /etc files name the host; remove takes the whole directory."""
         paths = StatePaths.under(tmp_path)
         paths.ensure()
         cdir = ContainerDir(paths, containerdir.new_id())
         cdir.make_dirs()
-        files = cdir.write_etc_files("box", host_network=False)
+        files = cdir.write_etc_files({"hostname": "box\n", "hosts": "127.0.1.1\tbox\n"})
         assert Path(files["/etc/hostname"]).read_text() == "box\n"
-        assert "127.0.1.1\tbox" in Path(files["/etc/hosts"]).read_text()
+        assert Path(files["/etc/hosts"]).read_text() == "127.0.1.1\tbox\n"
         cdir.remove()
         assert not os.path.exists(cdir.path)
 
