@@ -29,7 +29,7 @@ class TestBadInput:
         (("-v", "/nonexistent:/data"), "no such file or directory"),
         (("-v", "/tmp"), "want SRC:DST"),
         (("--ulimit", "nofile=abc"), "invalid ulimit"),
-        (("--network", "bogus"), "invalid --network"),
+        (("--network", "bogus"), "network 'bogus' not found"),
         (("--security-opt", "apparmor=x"), "invalid --security-opt"),
         (("-w", "relative"), "must be an absolute path"),
         (("--name", "bad name!"), "invalid container name"),
