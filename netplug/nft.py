@@ -15,6 +15,7 @@ touches another::
         chain forward     { type filter hook forward priority filter;
                             iifname "myctr0" accept; oifname "myctr0" accept }
         chain input       { type filter hook input priority filter;
+                            iifname "myctr0" ip daddr 127.0.0.0/8 ct direction reply accept
                             iifname "myctr0" ip daddr 127.0.0.0/8 drop }
     }
 
@@ -26,7 +27,8 @@ packet from 127.0.0.1 may leave through the bridge only with ``route_localnet`` 
 the bridge (set by :meth:`Table.add_network`, the bridge alone rather than ``all``),
 and the postrouting chain masquerades it to the gateway address so the container can
 answer. ``route_localnet`` would also let a container send to the host's 127.0.0.1
-through its gateway: the input chain drops that. The hairpin rule (a container
+through its gateway: the input chain drops that, but for the answers to the host's
+own connections (their destination is 127.0.0.1 again once un-NATed). The hairpin rule (a container
 reaching a published port of its own bridge) masquerades too, or the answer would
 bypass the host.
 
@@ -195,6 +197,7 @@ def network_rules(table: str, name: str, subnet: str, bridge: str) -> list[Comma
     iif = _meta("iifname")
     oif = _meta("oifname")
     saddr = _payload("ip", "saddr")
+    daddr = _payload("ip", "daddr")
     dnat = _match({"ct": {"key": "status"}}, "dnat", op="in")
     rules = [
         ("postrouting", [_match(saddr, _prefix(subnet)), _match(oif, bridge, "!="),
@@ -205,8 +208,9 @@ def network_rules(table: str, name: str, subnet: str, bridge: str) -> list[Comma
                          {"masquerade": None}]),
         ("forward", [_match(iif, bridge), {"accept": None}]),
         ("forward", [_match(oif, bridge), {"accept": None}]),
-        ("input", [_match(iif, bridge), _match(_payload("ip", "daddr"), _prefix(LOCALNET)),
-                   {"drop": None}]),
+        ("input", [_match(iif, bridge), _match(daddr, _prefix(LOCALNET)),
+                   _match({"ct": {"key": "direction"}}, "reply"), {"accept": None}]),
+        ("input", [_match(iif, bridge), _match(daddr, _prefix(LOCALNET)), {"drop": None}]),
     ]
     return [{"add": _rule(table, chain, expr, comment)} for chain, expr in rules]
 
