@@ -314,3 +314,28 @@ def test_driver_killed_then_reset_leaves_no_rule_and_the_veth_dies_with_the_cont
     while _veths(lab.host):
         assert time.monotonic() < deadline, "the veth outlived its container"
         time.sleep(0.05)
+
+
+def test_route_localnet_does_not_open_the_hosts_localhost_to_containers(lab: Lab) -> None:
+    """route_localnet on the bridge (for published ports on 127.0.0.1) would let a
+    container route packets to the host's 127.0.0.1 services; the input chain drops
+    them (shown by a UDP service on the host's 127.0.0.1, without the rule, then with)."""
+    lab.network(DEFAULT)
+    c = lab.container()
+    lab.plug(c, DEFAULT, "10.88.0.2", "c1")
+    c.run("sh", "-ec", "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet; "
+          "ip route del local 127.0.0.1 table local; "
+          "ip route del local 127.0.0.0/8 table local; "
+          "ip route add 127.0.0.1/32 via 10.88.0.1 dev eth0")
+    send = [*c.command(), sys.executable, "-c", "import socket, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(10): s.sendto(b'x', ('127.0.0.1', 18099)); time.sleep(0.05)"]
+    service = lab.serve(lab.host.command(), "udp", "127.0.0.1", 18099)
+    subprocess.run(send, check=True, timeout=30)
+    with pytest.raises(subprocess.TimeoutExpired):
+        service.wait(timeout=1)  # it got nothing
+    # without the drop rule, the container's datagrams would reach the service
+    drop = next(r for r in lab.rules() if r["chain"] == "input" and {"drop": None} in r["expr"])
+    lab.host.run("nft", "delete", "rule", "inet", TABLE, "input", "handle", str(drop["handle"]))
+    subprocess.run(send, check=True, timeout=30)
+    assert service.wait(timeout=5) == 0
