@@ -10,6 +10,7 @@ line, holds the container's network until its stdin ends, tears down, prints
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,11 @@ async def plug(args: dict[str, Any]) -> None:
         except ContainerError as exc:
             emit({"error": str(exc), "type": type(exc).__name__})
             return
-        emit(attached.to_json())
+        # no thread of ours was left in the container's network namespace
+        own = os.stat("/proc/self/ns/net").st_ino
+        strays = [t for t in os.listdir("/proc/self/task")
+                  if os.stat(f"/proc/self/task/{t}/ns/net").st_ino != own]
+        emit({**attached.to_json(), "stray_threads": strays})
         await trio.to_thread.run_sync(sys.stdin.buffer.read)
         nursery.cancel_scope.cancel()
     emit({"done": True, "failures": failures})

@@ -185,6 +185,7 @@ def test_container_gets_eth0_with_its_lease_and_the_host_reaches_it(lab: Lab) ->
                                        "gateway": "10.88.0.1",
                                        "mac": attached["interfaces"][0]["mac"]}]
     assert attached["source_ip_preserved"] is True
+    assert attached["stray_threads"] == []
     assert _eth0(c) == ("10.88.0.2/16", "default via 10.88.0.1 dev eth0 proto static")
     assert "UP" in c.run("ip", "-o", "link", "show", "lo")
     veth = attached["host_interface"]
@@ -339,3 +340,16 @@ def test_route_localnet_does_not_open_the_hosts_localhost_to_containers(lab: Lab
     lab.host.run("nft", "delete", "rule", "inet", TABLE, "input", "handle", str(drop["handle"]))
     subprocess.run(send, check=True, timeout=30)
     assert service.wait(timeout=5) == 0
+
+
+def test_missing_bridge_is_an_error_and_leaves_nothing(lab: Lab) -> None:
+    lab.network(DEFAULT)
+    c = lab.container()
+    gone = Network("gone", "myctr-gone", "10.89.9.0/24", "10.89.9.1")
+    proc, answer = lab.start_plug(c, gone, "10.89.9.2", "c1", (PortMapping("", 18084, 80, "tcp"),))
+    assert answer["type"] == "HostError"
+    assert "bridge myctr-gone of network gone does not exist" in answer["error"]
+    assert proc.wait(timeout=30) == 0
+    assert _veths(lab.host) == []
+    assert "eth0" not in c.run("ip", "-o", "link")
+    assert not [r for r in lab.rules() if r.get("comment") == "ctr:c1"]
