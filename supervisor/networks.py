@@ -47,9 +47,7 @@ CREATE TABLE IF NOT EXISTS leases (
     UNIQUE (network, container)
 );
 """
-DEFAULT = "bridge"
-DEFAULT_SUBNET = "10.88.0.0/16"
-DEFAULT_BRIDGE = "myctr0"
+DEFAULT = "bridge"  # podman's "podman": 10.88.0.0/16 on myctr0 (netplug.ipam)
 
 
 class Network(NamedTuple):
@@ -114,7 +112,7 @@ class NetworkManager:
         return [Network(*r) for r in rows]
 
     def _create_default(self) -> Network:
-        return self._insert(DEFAULT, DEFAULT_SUBNET, None, DEFAULT_BRIDGE)
+        return self._insert(DEFAULT, None, None)
 
     def create(self, name: str, subnet: str | None, gateway: str | None) -> Network:
         from runtime import options
@@ -125,22 +123,14 @@ class NetworkManager:
         if name in ("none", "host", "slirp4netns", DEFAULT) or self._row(name):
             raise Conflict(f"network {name!r} already exists")
         options.validate_name(name)
-        return self._insert(name, subnet, gateway, None)
+        return self._insert(name, subnet, gateway)
 
-    def _insert(self, name: str, subnet: str | None, gateway: str | None,
-                bridge: str | None) -> Network:
+    def _insert(self, name: str, subnet: str | None, gateway: str | None) -> Network:
         from netplug import ipam
 
-        existing = [n.subnet for n in self.all()]
-        subnet = ipam.check_subnet(subnet, existing) if subnet else ipam.default_subnet(existing)
-        gateway = ipam.gateway_for(subnet, gateway)
-        if bridge is None:
-            count = self.db.execute("SELECT COUNT(*) FROM networks").fetchone()[0]
-            bridge = f"myctr{count + 1}"
-            while any(n.bridge == bridge for n in self.all()):
-                count += 1
-                bridge = f"myctr{count + 1}"
-        network = Network(name, "bridge", subnet, gateway, bridge, time.time())
+        existing = {n.name: n.subnet for n in self.all()}
+        made = ipam.make_network(name, existing, subnet, gateway)
+        network = Network(name, "bridge", made.subnet, made.gateway, made.bridge, time.time())
         with self.db:
             self.db.execute("INSERT INTO networks (name, driver, subnet, gateway, bridge, "
                             "created) VALUES (?, ?, ?, ?, ?, ?)", tuple(network))
@@ -195,7 +185,7 @@ class NetworkManager:
         if self.table is None:
             from netplug import nft
 
-            self.table = nft.Table(f"myctr-{self.tag}")
+            self.table = nft.Table(nft.table_name(self.tag))
         return self.table
 
     def lease(self, network: Network, container: str) -> str:
@@ -237,9 +227,9 @@ class NetworkManager:
             if network.name not in self.ready:
                 await trio.to_thread.run_sync(self._setup_network, network)
             address = self.lease(network, container)
-        from netplug import bridge
+        from netplug import bridge, ipam
 
-        return bridge.BridgePlug(config, bridge.NetworkSpec(
+        return bridge.BridgePlug(config, ipam.Network(
             network.name, network.bridge, network.subnet, network.gateway),
             address, self._nft(), container, failed)
 

@@ -10,6 +10,7 @@
  * Build: gcc -static -O2 -Wall -Wextra -Werror -o probe probe.c
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -22,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -1016,6 +1019,42 @@ static int cmd_signals(char **argv)
     return 0;
 }
 
+/* udp-echo PORT: answer every datagram on 0.0.0.0:PORT with "echo: " + it and the
+ * sender's address, forever (network tests: busybox has no UDP server). */
+static int cmd_udp_echo(char **argv)
+{
+    int port = atoi(argv[0]);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in addr = {0};
+    char buf[2048], reply[2200];
+
+    if (fd < 0 || port <= 0 || port > 65535)
+        return fail_usage("udp-echo: bad port %s", argv[0]);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+        perror("bind");
+        return 1;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    for (;;) {
+        struct sockaddr_in from;
+        socklen_t len = sizeof(from);
+        ssize_t n = recvfrom(fd, buf, sizeof(buf) - 1, 0, (struct sockaddr *)&from, &len);
+        char ip[INET_ADDRSTRLEN];
+        int m;
+
+        if (n < 0)
+            continue;
+        buf[n] = 0;
+        inet_ntop(AF_INET, &from.sin_addr, ip, sizeof(ip));
+        m = snprintf(reply, sizeof(reply), "echo from %s: %s", ip, buf);
+        sendto(fd, reply, (size_t)m, 0, (struct sockaddr *)&from, len);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* main                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -1037,6 +1076,7 @@ static const struct {
     {"fork", 1, "fork N", cmd_fork},
     {"spin", 1, "spin SECONDS", cmd_spin},
     {"signals", 0, "signals", cmd_signals},
+    {"udp-echo", 1, "udp-echo PORT", cmd_udp_echo},
 };
 
 int main(int argc, char **argv)
