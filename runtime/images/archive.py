@@ -22,13 +22,11 @@ archive).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import posixpath
-import secrets
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -225,29 +223,16 @@ def member_name(name: str) -> str:
 def _copy_to_store(store: ImageStore, src: IO[bytes]) -> _Blob:
     """Copy a member into the blob store under its digest; its uncompressed digest
     too (gzip decompressed on the way, bounded)."""
-    tmp = os.path.join(store.blobs, f".tmp-{secrets.token_hex(8)}")
-    digest = hashlib.sha256()
     diff = _DiffDigest()
-    size = 0
-    head = b""
-    try:
-        with open(tmp, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                if size < 4:
-                    head = (head + chunk)[:4]
-                digest.update(chunk)
-                diff.feed(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        name = "sha256:" + digest.hexdigest()
-        os.replace(tmp, store.blob_path(name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return _Blob(name, size, diff.result(name), head)
+    head = bytearray()
+
+    def observe(chunk: bytes) -> None:
+        if len(head) < 4:
+            head.extend(chunk[:4 - len(head)])
+        diff.feed(chunk)
+
+    name, size = store.put_blob_stream(src, observe)
+    return _Blob(name, size, diff.result(name), bytes(head))
 
 
 class _DiffDigest:

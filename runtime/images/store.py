@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from ..errors import Conflict, NotFound, SpecError
 
@@ -113,13 +113,22 @@ class ImageStore:
 
     def put_blob_file(self, path: str) -> tuple[str, int]:
         """Copy a file into the blob store; (its digest, size)."""
+        with open(path, "rb") as src:
+            return self.put_blob_stream(src)
+
+    def put_blob_stream(self, src: IO[bytes],
+                        observe: Callable[[bytes], None] | None = None) -> tuple[str, int]:
+        """Copy a stream into the blob store under its digest (a temp file renamed once
+        complete and synced); ``observe`` sees every chunk. (digest, size)."""
         tmp = os.path.join(self.blobs, f".tmp-{secrets.token_hex(8)}")
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
+            with open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     digest.update(chunk)
+                    if observe is not None:
+                        observe(chunk)
                     dst.write(chunk)
                     size += len(chunk)
                 dst.flush()

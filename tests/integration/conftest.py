@@ -123,3 +123,15 @@ def myctr_net(myctr: harness.Myctr, hostns: harness.HostNetns) -> harness.Myctr:
     myctr.netns = hostns.path
     myctr.default_network = ""  # podman's: slirp4netns rootless, bridge as root
     return myctr
+
+
+@pytest.fixture
+def rootfs_tar(myctr: harness.Myctr) -> Path:
+    """The busybox test rootfs (with /probe) as a gzip tarball its user can read."""
+    import subprocess
+
+    tar = myctr.state_root / "rootfs.tar.gz"
+    subprocess.run(["tar", "-C", str(myctr.rootfs), "--numeric-owner", "-czf", str(tar), "."],
+                   check=True)
+    harness.chown_tree(tar, myctr.user)
+    return tar

@@ -20,15 +20,11 @@ from tests.integration.harness import Myctr
 
 
 @pytest.fixture
-def base(myctr: Myctr) -> str:
+def base(myctr: Myctr, rootfs_tar: Path) -> str:
     """The busybox test rootfs (with /probe) imported as image base:1."""
-    tar = myctr.state_root / "base.tar"
-    subprocess.run(["tar", "-C", str(myctr.rootfs), "--numeric-owner", "-cf", str(tar), "."],
-                   check=True)
-    harness.chown_tree(tar, myctr.user)
-    result = myctr("image", "import", str(tar), "base:1")
+    result = myctr("image", "import", str(rootfs_tar), "base:1")
     assert result.returncode == 0, result.stderr
-    tar.unlink()
+    rootfs_tar.unlink()
     return "base:1"
 
 

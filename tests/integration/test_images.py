@@ -8,20 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.integration import harness
 from tests.integration.harness import Myctr
-
-
-@pytest.fixture
-def rootfs_tar(myctr: Myctr) -> Path:
-    """The busybox test rootfs as a gzip tarball the runner's user can read."""
-    tar = myctr.state_root / "rootfs.tar.gz"
-    subprocess.run(["tar", "-C", str(myctr.rootfs), "--numeric-owner", "-czf", str(tar), "."],
-                   check=True)
-    harness.chown_tree(tar, myctr.user)
-    return tar
 
 
 def _images(myctr: Myctr) -> list[dict]:  # type: ignore[type-arg]

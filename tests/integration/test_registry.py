@@ -106,14 +106,6 @@ def registry() -> Iterator[Registry]:
     reg.stop()
 
 
-@pytest.fixture
-def rootfs_tar(myctr: Myctr) -> Path:
-    tar = myctr.state_root / "rootfs.tar.gz"
-    subprocess.run(["tar", "-C", str(myctr.rootfs), "--numeric-owner", "-czf", str(tar), "."],
-                   check=True)
-    harness.chown_tree(tar, myctr.user)
-    return tar
-
 
 def _store_files(myctr: Myctr) -> list[str]:
     root = myctr.state_root / "data" / "images"
