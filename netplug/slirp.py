@@ -22,10 +22,15 @@ the container's init exists (and waits before exec)::
 - ``--exit-fd``: the read end of a pipe whose write end only the supervisor holds
   (close-on-exec): slirp4netns exits by itself when the supervisor dies, even by
   SIGKILL.
-- ports: one ``add_hostfwd`` per mapping through the API socket (slirp's own port
-  handler: connections reach the container from 10.0.2.2, so the client's address is
-  *not* preserved). slirp4netns refuses ``host_port`` 0, so "pick a port" binds a
-  socket to port 0 here and asks for the port the kernel chose.
+- ports: one ``add_hostfwd`` per mapping through the API socket: slirp's own port
+  handler, which keeps the client's source address (as podman documents it), except
+  that clients on the host's loopback reach the container from 10.0.2.2. With
+  ``--disable-host-loopback`` (the default) UDP replies to a client on the host's
+  loopback are lost (podman#4586; libslirp does not translate them back): UDP works
+  from the host's other addresses and from other machines, or with
+  ``allow_host_loopback=true``. slirp4netns refuses ``host_port`` 0, so "pick a port"
+  binds a socket to port 0 here and asks for the port the kernel chose (retried if it
+  is taken in between).
 
 Options (``--network slirp4netns:OPT=V,...``): ``allow_host_loopback=true`` (drops
 ``--disable-host-loopback``: 10.0.2.2 then reaches the host's 127.0.0.1),
@@ -423,8 +428,9 @@ class SlirpPlug:
         return Attached(
             interfaces=(Interface(TAP, s.guest, s.cidr.prefixlen, s.gateway),),
             ports=ports, nameservers=(s.dns,),
-            # slirp's own port handler: connections arrive from the gateway (10.0.2.2)
-            source_ip_preserved=False,
+            # slirp's own port handler keeps the client's address; only clients on the
+            # host's loopback arrive from the gateway (10.0.2.2)
+            source_ip_preserved=True,
             details=(("slirp4netns_pid", self.process.pid),
                      ("slirp4netns_api_socket", self.socket_path),
                      ("slirp4netns_sandbox", feat.sandbox),
