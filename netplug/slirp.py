@@ -407,7 +407,10 @@ class SlirpPlug:
         for mapping in self.config.ports:
             attempts = PICK_ATTEMPTS if mapping.host_port == 0 else 1
             for attempt in range(attempts):
-                port = mapping.host_port or pick_port(mapping.host_ip, mapping.protocol)
+                try:
+                    port = mapping.host_port or pick_port(mapping.host_ip, mapping.protocol)
+                except OSError as exc:
+                    raise explain_bind_failure(mapping, 0, str(exc)) from None
                 doc = await api_call(self.socket_path, {
                     "execute": "add_hostfwd",
                     "arguments": {"proto": mapping.protocol,

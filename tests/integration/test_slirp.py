@@ -389,6 +389,20 @@ def test_busy_host_port_is_a_clear_error_and_starts_nothing(slirp: SlirpEnv) -> 
     assert slirp.server(None, "tcp", "0.0.0.0", 18082) == 18082
 
 
+def test_bad_host_ports_are_clear_errors(slirp: SlirpEnv) -> None:
+    pid = slirp.target()
+    driver = slirp.plug(pid, ports=(("192.0.2.77", 0, 80, "tcp"),))
+    doc = driver.event()
+    assert doc == {"error": "SpecError", "message": "cannot publish on 192.0.2.77:0/tcp: "
+                   "192.0.2.77 is not an address of this host"}
+    if slirp.mode == "rootless":
+        driver = slirp.plug(pid, ports=(("", 80, 80, "tcp"),))
+        doc = driver.event()
+        assert doc["error"] == "HostError", doc
+        assert "host port 0.0.0.0:80/tcp: ports below 1024 need root" in doc["message"]
+    assert slirp_processes(slirp.base) == []
+
+
 def test_slirp4netns_dying_calls_failed(slirp: SlirpEnv) -> None:
     pid = slirp.target()
     driver = slirp.plug(pid)
