@@ -322,6 +322,8 @@ class SlirpPlug:
 
     async def run(self, pid: int,
                   task_status: trio.TaskStatus[Attached] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopping = self._failed_called = False  # one plug may serve several runs
+        self.process = self.attached = None
         try:
             feat = await features()
             if len(os.fsencode(self.socket_path)) >= 108:
