@@ -226,6 +226,7 @@ class Supervisor:
         if plan is not None and os.geteuid() != 0:
             await self.spawner.remove_trees([cdir.upper, cdir.work], plan)
         await trio.to_thread.run_sync(cdir.remove)
+        containerdir.rmtree(os.path.join(self.paths.run, "net", c.id[:16]))
         self._drop_record(c)
 
     # --- start / run ----------------------------------------------------------------
@@ -352,8 +353,7 @@ class Supervisor:
         its /etc/hosts written) before the container's command runs."""
         config = c.options.network
         plug = await self.networks.plug(
-            config, c.id, ContainerDir(self.paths, c.id).path,
-            lambda reason: self._network_failed(c, reason))
+            config, c.id, self._net_dir(c), lambda reason: self._network_failed(c, reason))
         if plug is None:
             return
         c.attached = await run.start(plug.run, pid)
@@ -366,6 +366,13 @@ class Supervisor:
         await trio.to_thread.run_sync(self.networks.joined, config, c.id, own, hosts,
                                       address, names)
         self._emit(c, "network-attach", **{"network": config.mode, **_net_summary(c.attached)})
+
+    def _net_dir(self, c: Container) -> str:
+        """The plug's own files (slirp4netns's API socket and log): short enough for a
+        socket path, kept until the container goes."""
+        path = os.path.join(self.paths.run, "net", c.id[:16])
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
 
     def _unplugged(self, c: Container) -> None:
         if c.attached is not None:

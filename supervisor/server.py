@@ -182,7 +182,8 @@ class ControlServer:
 
     async def info(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**self.info_doc, "containers": len(self.sup.containers),
-                "running": self.sup.active_count(), "cgroups": self.sup.cgroups.info()}
+                "running": self.sup.active_count(), "cgroups": self.sup.cgroups.info(),
+                "network": _network_info(self.sup.default_network)}
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         c = await self.sup.create(params)
@@ -541,6 +542,19 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
         result, reply_fds = await method(params, fds)
         return result, reply_fds
     return await method(params), []
+
+
+def _network_info(default: str) -> dict[str, Any]:
+    """What ``info`` says of networking: the default mode, and whether rootless
+    slirp4netns can work here (why not, in one line: /dev/net/tun's mode)."""
+    import shutil
+
+    from netplug.slirp import tun_problem
+
+    slirp = shutil.which("slirp4netns")
+    problem = tun_problem() if slirp else "slirp4netns is not installed"
+    return {"default": default, "slirp4netns": slirp,
+            "slirp4netns_usable": problem is None, "slirp4netns_problem": problem}
 
 
 def _name(params: dict[str, Any]) -> str:
