@@ -7,6 +7,9 @@ RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
 TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils
 BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah
 
+# the demo's myctr: its own state root, in its own network namespace
+M = nsenter --net=build/demo-netns env -u MYCTR_NETWORK $(VENV)/bin/myctr --root build/demo
+
 .PHONY: deps test-deps bench-deps demo test unit integration lint bench clean
 
 define apt_ensure
@@ -39,35 +42,52 @@ bench-deps:
 	@$(PY) -m compileall -q supervisor runtime netplug
 
 demo: deps
+	@echo "--- the demo runs in a network namespace of its own, acting as the host (its bridges"
+	@echo "    and nftables rules never touch this machine's interfaces), with state in build/demo"
+	-$(VENV)/bin/myctr --root build/demo supervise --stop  # one of an earlier demo
+	-umount build/demo-netns 2>/dev/null; mkdir -p build && touch build/demo-netns && unshare --net=build/demo-netns true
+	nsenter --net=build/demo-netns ip link set lo up
 	@echo "--- an image: busybox:latest from the host's busybox-static (once), a container of it"
-	$(VENV)/bin/myctr image inspect busybox >/dev/null 2>&1 || $(VENV)/bin/myctr image bootstrap busybox
-	$(VENV)/bin/myctr run --rm --hostname demo busybox /bin/sh -c \
+	$(M) image inspect busybox >/dev/null 2>&1 || $(M) image bootstrap busybox
+	$(M) run --rm --hostname demo busybox /bin/sh -c \
 		'echo "pid: $$$$"; echo "hostname: $$(hostname)"; echo "user: $$(id)"; echo "mounts:"; cat /proc/self/mounts'
 	@echo "--- a multi-stage Containerfile built (then rebuilt from cache), run, saved"
-	$(VENV)/bin/myctr build -t demo-app:1 docs/examples/demo
-	$(VENV)/bin/myctr build -t demo-app:1 docs/examples/demo | grep -c "Using cache" | sed 's/^/cached steps on the rebuild: /'
-	$(VENV)/bin/myctr run --rm demo-app:1
-	$(VENV)/bin/myctr run --rm demo-app:1 everyone
-	$(VENV)/bin/myctr images
-	$(VENV)/bin/myctr history demo-app:1
-	mkdir -p build && $(VENV)/bin/myctr save -o build/demo-app.tar demo-app:1 && ls -l build/demo-app.tar
+	$(M) build -t demo-app:1 docs/examples/demo
+	$(M) build -t demo-app:1 docs/examples/demo | grep -c "Using cache" | sed 's/^/cached steps on the rebuild: /'
+	$(M) run --rm demo-app:1
+	$(M) run --rm demo-app:1 everyone
+	$(M) images
+	$(M) history demo-app:1
+	mkdir -p build && $(M) save -o build/demo-app.tar demo-app:1 && ls -l build/demo-app.tar
 	@echo "--- a supervised service: restart policy, logs, exec, limits"
-	$(VENV)/bin/myctr rm -f demo-svc >/dev/null 2>&1 || true
-	$(VENV)/bin/myctr run -d --name demo-svc --restart always --restart-delay 0.2 \
+	$(M) rm -f demo-svc >/dev/null 2>&1 || true
+	$(M) run -d --name demo-svc --restart always --restart-delay 0.2 \
 		--memory 64m --cpus 0.5 --pids-limit 50 \
 		busybox /bin/sh -c 'echo "started at $$(date +%T)"; sleep 1; exit 1'
 	sleep 3
-	$(VENV)/bin/myctr ps
-	$(VENV)/bin/myctr logs --tail 3 demo-svc
-	$(VENV)/bin/myctr exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
-	$(VENV)/bin/myctr stats --no-stream demo-svc || true
-	$(VENV)/bin/myctr rm -f demo-svc
+	$(M) ps
+	$(M) logs --tail 3 demo-svc
+	$(M) exec demo-svc /bin/sh -c 'echo "exec sees: $$(ps | wc -l) lines of ps"' || true
+	$(M) stats --no-stream demo-svc || true
+	$(M) rm -f demo-svc
+	@echo "--- networks: a named network, names and aliases, a published port"
+	$(M) network rm app >/dev/null 2>&1 || true
+	$(M) network create --subnet 10.90.0.0/24 app
+	$(M) run -d --name web --network app --network-alias www -p 8080:80 busybox \
+		sh -c 'echo "hello from $$(hostname) on $$(hostname -i)" > /tmp/index.html; exec httpd -f -p 80 -h /tmp'
+	$(M) port web
+	$(M) run --rm --network app busybox sh -c 'sleep 0.3; wget -qO- http://www/; grep www /etc/hosts'
+	nsenter --net=build/demo-netns $(PY) -c 'import urllib.request as u; print("the host, through the published port:", u.urlopen("http://127.0.0.1:8080/").read().decode().strip())'
+	$(M) network ls
+	$(M) rm -f web && $(M) network rm app
 	@echo "--- cgroup limits: a memory hog above --memory 32m is OOM-killed"
-	$(VENV)/bin/myctr rm -f demo-hog >/dev/null 2>&1 || true
-	$(VENV)/bin/myctr run --name demo-hog --memory 32m --memory-swap 32m busybox \
+	$(M) rm -f demo-hog >/dev/null 2>&1 || true
+	$(M) run --name demo-hog --memory 32m --memory-swap 32m busybox \
 		/bin/sh -c 'x=$$(head -c 200000000 /dev/zero | tr "\0" a); echo survived' || true
-	$(VENV)/bin/myctr ps -a --format json | grep -E '"(name|status_text)"'
-	$(VENV)/bin/myctr rm demo-hog
+	$(M) ps -a --format json | grep -E '"(name|status_text)"'
+	$(M) rm demo-hog
+	$(M) supervise --stop
+	-umount build/demo-netns; rm -f build/demo-netns
 
 test: test-deps lint
 	$(PY) -m pytest -q tests

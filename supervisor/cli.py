@@ -523,9 +523,25 @@ async def info(paths: Any) -> int:
 @cli.command()
 @click.option("--detach", is_flag=True, help="Run in the background.")
 @click.option("--idle-exit", type=float, help="Exit after this many idle seconds.")
+@click.option("--stop", is_flag=True, help="Stop the running supervisor (its containers "
+              "stop gracefully) and wait for it.")
 @click.pass_obj
-async def supervise(paths: Any, detach: bool, idle_exit: float | None) -> int:
+async def supervise(paths: Any, detach: bool, idle_exit: float | None, stop: bool) -> int:
     """Run the supervisor (in the foreground unless --detach)."""
+    if stop:
+        import time
+
+        from supervisor.client import socket_path, try_connect
+
+        client = try_connect(paths)
+        if client is None:
+            return 0
+        client.call("supervisor.shutdown")
+        client.close()
+        deadline = time.monotonic() + 60
+        while os.path.exists(socket_path(paths)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0
     from supervisor.daemon import main_supervise
 
     return main_supervise(paths, idle_exit, detach)

@@ -185,7 +185,7 @@ class NetworkManager:
         if self.table is None:
             from netplug import nft
 
-            self.table = nft.Table(nft.table_name(self.tag))
+            self.table = nft.Table(self.tag)  # the state tag: "myctr-<hash>"
         return self.table
 
     def lease(self, network: Network, container: str) -> str:
