@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
 TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils
-BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah
+BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah iperf3 slirp4netns
 
 # the demo's myctr: its own state root, in its own network namespace
 M = nsenter --net=build/demo-netns env -u MYCTR_NETWORK $(VENV)/bin/myctr --root build/demo
@@ -107,6 +107,7 @@ bench: bench-deps
 	$(PY) -m bench.supervisor_bench
 	$(PY) -m bench.cgroup_bench
 	$(PY) -m bench.image_bench
+	$(PY) -m bench.net_bench
 
 clean:
 	rm -rf $(VENV) build
