@@ -697,8 +697,9 @@ cli.add_command(image_history, "history")  # podman's and docker's spelling
               help="A value for an ARG.")
 @click.option("--target", help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Run every step; use no cached one.")
-@click.option("--network", type=click.Choice(["host", "none"]), default="host",
-              show_default=True, help="The network of RUN steps.")
+@click.option("--network", default="host", show_default=True,
+              help="The network of RUN steps: host, none, slirp4netns, bridge or a "
+              "network's name.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
 @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
               help="Pulling a missing FROM image: require HTTPS.")
