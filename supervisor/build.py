@@ -130,6 +130,8 @@ class Builder:
         self.cf = cf
         self.build_args = build_args
         self.used_args: set[str] = set()
+        self.temps: set[str] = set()  # this build's temp files, kept from prune
+        self.intermediates: set[str] = set()  # its images so far, kept from prune
 
         stages = list(cf.stages)
         target = params.get("target")
@@ -144,11 +146,15 @@ class Builder:
         self.results: dict[int, _State] = {}
         started = time.monotonic()
         state: _State | None = None
-        for stage in stages:
-            state = await self._stage(stage, global_env)
-            self.results[stage.number] = state
-        assert state is not None
-        image = await self._commit_final(state, tags)
+        try:
+            for stage in stages:
+                state = await self._stage(stage, global_env)
+                self.results[stage.number] = state
+            assert state is not None
+            image = await self._commit_final(state, tags)
+        finally:  # prune may take them now
+            self.images.busy_paths.difference_update(self.temps)
+            self.images.busy_images.difference_update(self.intermediates)
         unused = set(build_args) - self.used_args - PREDEFINED_ARGS
         if unused:
             await self.say("[Warning] one or more build args were not consumed: "
@@ -333,6 +339,8 @@ class Builder:
             state.history = list(cached.config.get("history") or [])
             state.config = dict(cached.config.get("config") or {})
             state.key, state.image_id = key, cached.id
+            self.intermediates.add(cached.id)
+            self.images.busy_images.add(cached.id)
             return
         tar, digest = await make()
         state.history.append({"created": rfc3339(time.time()), "created_by": created_by})
@@ -348,6 +356,8 @@ class Builder:
         async def commit() -> str:
             image = await trio.to_thread.run_sync(
                 self.store.commit, state.layers, state.config, [], state.history)
+            self.intermediates.add(image.id)
+            self.images.busy_images.add(image.id)
             return image.id
         if locked:
             return await commit()
@@ -383,7 +393,10 @@ class Builder:
         """A temp path that ``image prune`` removes if a crash leaves it: a file in
         the blob dir, a directory in the layer dir."""
         where = self.store.layers_dir if directory else self.store.blobs
-        return os.path.join(where, f".tmp-build-{secrets.token_hex(8)}")
+        path = os.path.join(where, f".tmp-build-{secrets.token_hex(8)}")
+        self.temps.add(path)
+        self.images.busy_paths.add(path)
+        return path
 
     async def _run(self, state: _State, ins: Instruction,
                    command: list[str]) -> tuple[str, str]:
@@ -394,7 +407,9 @@ class Builder:
             raise BuildError(f"{self.cf.path}:{ins.line}: RUN in an empty image (FROM "
                              "scratch without files): there is nothing to run")
         image_env = state.env()
-        extra = [f"{k}={v}" for k, v in state.args.items() if k not in image_env]
+        proxies = {k: v for k, v in self.build_args.items() if k in PREDEFINED_ARGS}
+        extra = [f"{k}={v}" for k, v in {**proxies, **state.args}.items()
+                 if k not in image_env]
         params = {
             "image_id": state.image_id, "command": command, "entrypoint": [],
             "env": [*state.config.get("Env", []), *extra],

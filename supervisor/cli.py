@@ -529,18 +529,15 @@ async def info(paths: Any) -> int:
 async def supervise(paths: Any, detach: bool, idle_exit: float | None, stop: bool) -> int:
     """Run the supervisor (in the foreground unless --detach)."""
     if stop:
-        import time
-
-        from supervisor.client import socket_path, try_connect
+        from supervisor.client import try_connect
+        from supervisor.daemon import lock_state_root
 
         client = try_connect(paths)
         if client is None:
             return 0
         client.call("supervisor.shutdown")
         client.close()
-        deadline = time.monotonic() + 60
-        while os.path.exists(socket_path(paths)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        os.close(lock_state_root(paths, wait=60))  # held until it (and its zygote) exit
         return 0
     from supervisor.daemon import main_supervise
 

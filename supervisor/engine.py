@@ -192,14 +192,16 @@ class Supervisor:
         return options._replace(request=request)
 
     def _prepare(self, c: Container) -> preparing.Prepared:
-        o = c.options
+        return self._prepare_options(c.id, c.options, bool(c.record.params.get("build")))
+
+    def _prepare_options(self, cid: str, o: CreateOptions, build: bool) -> preparing.Prepared:
         plan = preparing.id_map_plan(o.uid_mappings, o.gid_mappings)
-        cdir = ContainerDir(self.paths, c.id)
+        cdir = ContainerDir(self.paths, cid)
         if not os.path.exists(cdir.path):
             preparing.make_dirs(cdir, plan)
         return preparing.prepare(cdir, o.request, plan, o.interactive,
                                  preparing.etc_texts(o.request, o.network),
-                                 volatile=o.auto_remove or bool(c.record.params.get("build")))
+                                 volatile=o.auto_remove or build)
 
     def _forget(self, c: Container) -> None:
         """Drop a container whose overlay was never mounted (its dirs are ours)."""
@@ -227,12 +229,17 @@ class Supervisor:
             await self.spawner.remove_trees([cdir.upper, cdir.work], plan)
         await trio.to_thread.run_sync(cdir.remove)
         containerdir.rmtree(os.path.join(self.paths.run, "net", c.id[:16]))
+        self.networks.release(c.id)
         self._drop_record(c)
 
     # --- start / run ----------------------------------------------------------------
 
     async def start(self, c: Container, attach: Attach | None = None) -> None:
         """Start the container's task tree; return once its first run exec'd."""
+        if c.scope is not None and not c.finished.is_set():
+            # the last run exited but its task tree still tears down (its network):
+            # a new run must not overlap that (its ports, its plug's files)
+            await c.finished.wait()
         if not can_start(c.status):
             raise Conflict(f"container {c.record.name} is {c.status.value}")
         self._set(c, manually_stopped=False)
@@ -325,9 +332,13 @@ class Supervisor:
         try:
             try:
                 await self._plug(c, init.pid, run)
-            except BaseException:  # the init waits for its go: end it
+            except BaseException as exc:  # the init waits for its go: end it
                 with contextlib.suppress(ProcessLookupError):
                     libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
+                close_quietly(init.channel_fd)  # spawner.start closes it otherwise
+                if isinstance(exc, Exception) and not isinstance(exc, ContainerError):
+                    log.error("network setup failed", container_id=c.id, error=repr(exc))
+                    raise HostError(f"network setup failed: {exc}") from exc
                 raise
             await self.spawner.start(init)
         except BaseException as exc:
@@ -363,8 +374,8 @@ class Supervisor:
         own = preparing.hosts_text(request, config, address, c.record.name)
         names = tuple(dict.fromkeys((c.record.name, request.hostname, c.id[:12],
                                      *config.aliases)))
-        await trio.to_thread.run_sync(self.networks.joined, config, c.id, own, hosts,
-                                      address, names)
+        # on the event loop: the members of a network change in one place only
+        self.networks.joined(config, c.id, own, hosts, address, names)
         self._emit(c, "network-attach", **{"network": config.mode, **_net_summary(c.attached)})
 
     def _net_dir(self, c: Container) -> str:
@@ -586,12 +597,18 @@ class Supervisor:
             raise Conflict(f"container {c.record.name} is {c.status.value}: stop it first "
                            "(a running container's network cannot change here)")
         params = {**c.record.params, **changes}
-        options = create_options(params, self.resolve_image, self.networks.exists)
-        c.options = self._effective(options, c.id)
+        options = self._effective(
+            create_options(params, self.resolve_image, self.networks.exists), c.id)
+        prepared = await trio.to_thread.run_sync(self._prepare_options, c.id, options,
+                                                 bool(params.get("build")))
+        if is_active(c.status) or c.scope is not None:  # started meanwhile
+            raise Conflict(f"container {c.record.name} is {c.status.value}: stop it first")
+        old = c.options.network.mode
+        c.options, c.prepared = options, prepared  # together, with no await between
         self.store.update(c.id, params=params)
         c.record = self.store.get(c.id)
-        self.networks.release(c.id)
-        c.prepared = await trio.to_thread.run_sync(self._prepare, c)
+        if options.network.mode != old:
+            self.networks.release(c.id)
 
     async def pause(self, c: Container) -> None:
         if c.status != Status.RUNNING:
@@ -690,7 +707,6 @@ class Supervisor:
 
     async def _remove_now(self, c: Container) -> None:
         self._set(c, status=Status.REMOVING.value)
-        self.networks.release(c.id)
         await self._destroy(c)
         self.events.emit("remove", c.id, c.record.name)
 

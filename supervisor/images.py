@@ -29,6 +29,10 @@ class ImageService:
         self.spawner = spawner
         self.plan = plan  # rootless: the user's subordinate map; root: None
         self.lock = trio.Lock()  # one writer at a time (imports, removals, prune)
+        # what running builds still need: their temp files and intermediate images,
+        # which prune must leave alone
+        self.busy_paths: set[str] = set()
+        self.busy_images: set[str] = set()
 
     async def import_tar(self, path: str, name: str, changes: dict[str, Any],
                          history: str | None = None) -> Image:
@@ -130,11 +134,13 @@ class ImageService:
         """``image prune``: images without a name (and build cache) that no container
         uses, then every blob and layer no image refers to."""
         async with self.lock:
-            deleted = self.store.remove_dangling(in_use)
+            deleted = self.store.remove_dangling(
+                lambda image_id: image_id in self.busy_images or in_use(image_id))
             return {"deleted": deleted, **await self._prune_files()}
 
     async def _prune_files(self) -> dict[str, Any]:
-        blobs, layers = await trio.to_thread.run_sync(self.store.unreferenced)
+        blobs, layers = await trio.to_thread.run_sync(self.store.unreferenced,
+                                                      frozenset(self.busy_paths))
         for path in blobs:
             os.unlink(path)
         for path in layers:

@@ -86,6 +86,7 @@ class NetworkManager:
         self.table: Any = None  # netplug.nft.Table, made on first use
         self.ready: set[str] = set()  # networks whose bridge and rules exist now
         self.members: dict[str, dict[str, Member]] = {}  # network -> container -> member
+        self.attached: set[str] = set()  # containers whose run is on a network now
         self.lock = trio.Lock()
 
     # --- networks -----------------------------------------------------------------
@@ -142,9 +143,8 @@ class NetworkManager:
         if users:
             raise Conflict(f"network {name} is used by container(s) {', '.join(users)}: "
                            "remove them first")
-        async with self.lock:
-            if name in self.ready:
-                await trio.to_thread.run_sync(self._teardown_network, network)
+        async with self.lock:  # the bridge outlives a supervisor: always torn down
+            await trio.to_thread.run_sync(self._teardown_network, network)
             with self.db:
                 self.db.execute("DELETE FROM leases WHERE network = ?", (name,))
                 self.db.execute("DELETE FROM networks WHERE name = ?", (name,))
@@ -152,8 +152,9 @@ class NetworkManager:
     def _teardown_network(self, network: Network) -> None:
         from netplug import bridge
 
-        if self.table is not None:
-            self.table.remove_network(network.name)
+        table = self._nft()
+        if table.exists():
+            table.remove_network(network.name)
         bridge.remove_bridge(network.bridge)
         self.ready.discard(network.name)
 
@@ -163,7 +164,8 @@ class NetworkManager:
                                  (name,)).fetchall()
         running = self.members.get(name, {})
         return {**network.to_json(), "containers": {
-            cid: {"address": address, "running": cid in running} for cid, address in leases}}
+            cid: {"address": address, "running": cid in running or cid in self.attached}
+            for cid, address in leases}}
 
     # --- start-up and leases --------------------------------------------------------
 
@@ -251,6 +253,7 @@ class NetworkManager:
         names and aliases."""
         from netplug.etc import rewrite_in_place
 
+        self.attached.add(container)
         named = config.mode not in ("none", "host", "slirp4netns", DEFAULT)
         if not named or not address:
             rewrite_in_place(hosts_path, own)
@@ -260,6 +263,7 @@ class NetworkManager:
         self._write_hosts(config.mode)
 
     def left(self, config: NetworkConfig, container: str) -> None:
+        self.attached.discard(container)
         members = self.members.get(config.mode)
         if members is not None and members.pop(container, None) is not None:
             self._write_hosts(config.mode)

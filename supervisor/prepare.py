@@ -80,7 +80,18 @@ def etc_texts(request: RunRequest, network: NetworkConfig) -> dict[str, str]:
 
     nameservers = list(network.dns)
     if not nameservers and network.mode == "slirp4netns":
-        nameservers = [SLIRP_DNS]  # the host's loopback resolver is out of reach
+        # the host's loopback resolver is out of reach: slirp4netns's own, at .3 of
+        # its network (10.0.2.3 unless cidr= says otherwise)
+        cidr = network.option("cidr")
+        if cidr:
+            import ipaddress
+
+            try:
+                nameservers = [str(ipaddress.ip_network(cidr, strict=False)[3])]
+            except (ValueError, IndexError):
+                raise SpecError(f"slirp4netns:cidr={cidr}: not an IPv4 network") from None
+        else:
+            nameservers = [SLIRP_DNS]
     return {
         "hostname": f"{request.hostname}\n",
         "hosts": hosts_text(request, network, "", ""),

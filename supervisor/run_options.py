@@ -225,6 +225,9 @@ def create_options(params: dict[str, Any],
         raise SpecError("--uidmap/--gidmap are for root; rootless containers map the "
                         "user's /etc/subuid ranges")
     restart = RestartPolicy.parse(_string(params, "restart", "no") or "no")
+    if restart.name != "no" and _flag(params, "auto_remove"):
+        raise SpecError("conflicting options: --restart and --rm (a removed container "
+                        "cannot restart)")
     backoff = Backoff(initial=_seconds(params, "restart_delay", 0.1),
                       max_delay=_seconds(params, "restart_max_delay", 60.0))
     resources_doc = params.get("resources") or {}

@@ -387,9 +387,9 @@ class ControlServer:
 
     async def network_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         networks = self.sup.networks
-        rows = [n.to_json() for n in networks.all()]
-        if not networks.rootless and not any(r["name"] == "bridge" for r in rows):
-            rows.insert(0, networks.get("bridge").to_json())  # the default, as podman's
+        rows = [n.to_json() for n in networks.all() if n.name != "bridge"]
+        if not networks.rootless:  # the default first, as podman lists it
+            rows.insert(0, networks.get("bridge").to_json())
         return rows
 
     async def network_inspect(self, params: dict[str, Any]) -> dict[str, Any]:

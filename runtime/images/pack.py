@@ -39,6 +39,9 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 KEEP_XATTRS = ("security.capability",)
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+# files the runtime bind-mounts its own /etc files on (made empty when the image lacks
+# them): a RUN step's writes to them go to the container's files, never the upper dir
+RUNTIME_MOUNTPOINTS = frozenset({"etc/hosts", "etc/hostname", "etc/resolv.conf"})
 
 
 class _Hashing(io.RawIOBase):
@@ -160,6 +163,8 @@ def pack_diff(upper: str, out: IO[bytes]) -> str:
             full = os.path.join(path, entry)
             member = f"{name}/{entry}" if name else entry
             st = os.lstat(full)
+            if member in RUNTIME_MOUNTPOINTS and stat.S_ISREG(st.st_mode) and not st.st_size:
+                continue  # made empty by the runtime to bind its own file on, not the step
             if _is_whiteout(st):
                 writer.marker(_join(name, WHITEOUT + entry))
                 continue

@@ -360,8 +360,10 @@ class ImageStore:
             self._delete(image_id)
         return deleted
 
-    def unreferenced(self) -> tuple[list[str], list[str]]:
-        """(blob paths, layer dirs) that no image refers to, temp leftovers included."""
+    def unreferenced(self, busy: set[str] | frozenset[str] = frozenset()
+                     ) -> tuple[list[str], list[str]]:
+        """(blob paths, layer dirs) that no image refers to, temp leftovers included,
+        except the ``busy`` paths (a running build's files)."""
         blobs: set[str] = set()
         layers: set[str] = set()
         for image in self.all():
@@ -370,6 +372,8 @@ class ImageStore:
             layers.update(layer["diff_id"] for layer in image.layers)
         keep_blobs = {self.blob_path(b) for b in blobs}
         keep_layers = {self.layer_path(d) for d in layers}
+        keep_blobs |= busy
+        keep_layers |= busy
         stale_blobs = [os.path.join(self.blobs, n) for n in os.listdir(self.blobs)
                        if os.path.join(self.blobs, n) not in keep_blobs]
         stale_layers = [os.path.join(self.layers_dir, n) for n in os.listdir(self.layers_dir)

@@ -155,6 +155,26 @@ class TestNetworks:
         own = [line for line in result.stdout.splitlines() if "named" in line]
         assert own and own[0].startswith(address), result.stdout
 
+    def test_restart_right_after_exit_keeps_its_ports(self, myctr_net: Myctr,
+                                                      host: HostNetns) -> None:
+        """A start right after an exit waits for the last run's network to be torn
+        down: the new run's published port works (the old teardown removes nothing
+        of it)."""
+        _run_web(myctr_net, "web", "-p", "8084:80")
+        assert _http(host, "http://127.0.0.1:8084/").startswith("hello")
+        assert myctr_net("kill", "web").returncode == 0
+        assert myctr_net("wait", "web").returncode == 0
+        assert myctr_net("start", "web").returncode == 0
+        assert _http(host, "http://127.0.0.1:8084/").startswith("hello")
+        assert myctr_net("rm", "-f", "web").returncode == 0
+        assert _leftovers(myctr_net, host) == {}
+
+    def test_slirp_cidr_moves_its_dns(self, myctr_net: Myctr, host: HostNetns) -> None:
+        result = myctr_net("run", "--rm", "--network", "slirp4netns:cidr=10.0.3.0/24",
+                           "--rootfs", str(myctr_net.rootfs), "cat", "/etc/resolv.conf")
+        assert result.returncode == 0, result.stderr
+        assert "nameserver 10.0.3.3" in result.stdout
+
     def test_busy_port_fails_cleanly(self, myctr_net: Myctr, host: HostNetns) -> None:
         holder = host.popen("python3", "-c", "import socket, time; s = socket.socket(); "
                             "s.bind(('0.0.0.0', 8081)); s.listen(); print('ok', flush=True); "
@@ -230,6 +250,9 @@ class TestNamedNetworks:
         refused = myctr_net("network", "rm", "app")
         assert refused.returncode == 125 and "used by" in refused.stderr
         assert myctr_net("rm", "-f", "web").returncode == 0
+        # the bridge outlives a supervisor; network rm after a restart still takes it
+        assert "myctr-app" in host.links()
+        assert myctr_net("supervise", "--stop").returncode == 0
         assert myctr_net("network", "rm", "app").returncode == 0
         assert "myctr-app" not in host.links()
         assert _leftovers(myctr_net, host) == {}
