@@ -339,7 +339,8 @@ def podman_tool(binary: str, work: Path, rootfs: Path, cgroup_parent: str) -> To
 def build_tools(myctr: str, work: Path, rootfs: Path, prefix: str, notes: list[str]) -> list[Tool]:
     state = work / "myctr-state"
     tools = [Tool(REFERENCE, lambda _id: [myctr, "--root", str(state), "run", "--rm",
-                                          "--rootfs", str(rootfs), "/bin/true"])]
+                                          "--network", "none", "--rootfs", str(rootfs),
+                                          "/bin/true"])]
     oci = {name: shutil.which(name) for name in ("crun", "runc")}
     spec_tool = next((path for path in oci.values() if path), None)
     if spec_tool:  # one config.json for both runtimes

@@ -1012,6 +1012,10 @@ def open_bench(prefix: str, sizes: Sizes, notes: list[str], *, chdir: bool = Fal
     myctr = Path(sys.executable).with_name("myctr")
     if not myctr.exists():
         raise BenchError(f"{myctr} not found: run make deps")
+    # The bench's supervisor defaults to --network none (as crun's and runc's bundles
+    # have no network): no bridge or nftables table on this machine's own network.
+    # net_bench names its networks, in a namespace of its own.
+    os.environ["MYCTR_NETWORK"] = "none"
     hybrid = is_hybrid_cgroup(mount_points(Path("/proc/self/mountinfo").read_text()))
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
