@@ -237,6 +237,22 @@ def format_ratios(ratios: Mapping[str, float | None]) -> str:
                                   for name, value in ratios.items())
 
 
+def report_sections(sections: Sequence[Section], names: Sequence[str], notes: Sequence[str],
+                    as_json: bool, extra: Mapping[str, object]) -> int:
+    """The end of a run: the tables (or JSON with ``extra``), the ``ratios:`` line, the
+    notes."""
+    ratios = all_ratios(sections)
+    if as_json:
+        print_report(sections, names, notes, {**extra, "ratios": ratios})
+        return 0
+    print_report(sections, names, [])
+    print()
+    print(format_ratios(ratios))
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 # Processes.
 
 
@@ -580,17 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections = benchmark(args.sizes, args.only, notes)
     except (BenchError, ContainerError, subprocess.TimeoutExpired) as exc:
         return report_failure(exc, notes)
-    ratios = all_ratios(sections)
-    if args.json:
-        print_report(sections, SECTIONS, notes,
-                     {"sizes": args.sizes._asdict(), "ratios": ratios})
-        return 0
-    print_report(sections, SECTIONS, [])
-    print()
-    print(format_ratios(ratios))
-    for note in notes:
-        print(f"note: {note}")
-    return 0
+    return report_sections(sections, SECTIONS, notes, args.json,
+                           {"sizes": args.sizes._asdict()})
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bench.image_bench import all_ratios, format_ratios
+from bench.image_bench import report_sections
 from bench.start_latency import (
     BenchError,
     ToolFailed,
@@ -65,7 +65,6 @@ from bench.supervisor_bench import (
     meets,
     open_supervisor,
     parse_sections,
-    print_report,
 )
 from runtime import libc
 from runtime.errors import ContainerError
@@ -819,16 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections = benchmark(args.sizes, args.only, notes)
     except (BenchError, ContainerError, OSError, subprocess.TimeoutExpired) as exc:
         return report_failure(exc, notes)
-    ratios = all_ratios(sections)
-    if args.json:
-        print_report(sections, SECTIONS, notes, {"sizes": args.sizes._asdict(), "ratios": ratios})
-        return 0
-    print_report(sections, SECTIONS, [])
-    print()
-    print(format_ratios(ratios))
-    for note in notes:
-        print(f"note: {note}")
-    return 0
+    return report_sections(sections, SECTIONS, notes, args.json,
+                           {"sizes": args.sizes._asdict()})
 
 
 if __name__ == "__main__":
