@@ -179,7 +179,7 @@ class Supervisor:
         except BaseException:
             self._forget(c)
             raise
-        self.store.update(cid, spec=prepared.spec.to_oci())
+        self.store.update(cid, spec=prepared.oci or prepared.spec.to_oci())
         return c
 
     def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:
@@ -317,7 +317,8 @@ class Supervisor:
             group = await self._make_cgroup(c)
             init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
                                              (stdin, out_w, err_w),
-                                             group.procs_files if group is not None else ())
+                                             group.procs_files if group is not None else (),
+                                             spec_doc=prepared.oci)
         except BaseException:
             close_quietly(out_r, err_r)
             with trio.CancelScope(shield=True):

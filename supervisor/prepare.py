@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from netplug import NetworkConfig
 from runtime import capabilities, idmap, seccomp
@@ -24,6 +24,7 @@ class Prepared(NamedTuple):
     spec: ContainerSpec
     config: InitConfig
     plan: IdMapPlan | None
+    oci: dict[str, Any] | None = None  # spec.to_oci(), made once (the store, the zygote)
 
 
 def id_map_plan(uid_mappings: tuple[IdMapping, ...] = (),
@@ -128,11 +129,12 @@ def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,
     files = cdir.write_etc_files(etc or etc_texts(request, NetworkConfig(request.network)))
     profile = seccomp_profile(request)
     spec = build_spec(request, plan, files, profile)
-    cdir.write_spec(spec.to_oci())
+    oci = spec.to_oci()
+    cdir.write_spec(oci)
     config = InitConfig(
         lower=request.lowers or (os.path.realpath(request.rootfs),), upper=cdir.upper,
         work=cdir.work,
         merged=cdir.merged, stdin_devnull=not interactive, volatile=volatile,
         seccomp_bpf=compile_seccomp(profile),
     )
-    return Prepared(spec, config, plan)
+    return Prepared(spec, config, plan, oci)

@@ -35,11 +35,14 @@ class Spawner:
 
     async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                      stdio: tuple[int, int, int],
-                     cgroup_procs: tuple[str, ...] = ()) -> CreatedInit:
+                     cgroup_procs: tuple[str, ...] = (),
+                     spec_doc: dict[str, Any] | None = None) -> CreatedInit:
         """An init in its namespaces (and cgroups), before exec. Raises the init's error
-        (and reaps a half-made init) when setup fails."""
+        (and reaps a half-made init) when setup fails. ``spec_doc``: the spec's OCI
+        document when the caller has it already."""
         return await self._ask(
-            zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs), stdio)
+            zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs,
+                                  spec_doc=spec_doc), stdio)
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
                           stdio: tuple[int, int, int], init_pidfd: int,

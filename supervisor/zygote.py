@@ -231,11 +231,12 @@ def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
 
 
 def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
-                   op: str = "create", cgroup_procs: tuple[str, ...] = ()) -> bytes:
+                   op: str = "create", cgroup_procs: tuple[str, ...] = (),
+                   spec_doc: dict[str, Any] | None = None) -> bytes:
     doc = {
         "op": op,
         "cgroup_procs": list(cgroup_procs),
-        "spec": spec.to_oci(),
+        "spec": spec_doc if spec_doc is not None else spec.to_oci(),
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,
             "merged": config.merged, "stdin_devnull": config.stdin_devnull,
