@@ -429,7 +429,7 @@ class Builder:
             job = {"kind": "diff", "upper": ContainerDir(self.sup.paths, c.id).upper,
                    "out": out}
             try:
-                return out, await self.sup.spawner.pack_layer(job, plan)
+                return out, await self.images.spawner.pack_layer(job, plan)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(out)
@@ -524,7 +524,7 @@ class Builder:
         os.mkdir(scratch, 0o700)
         out = self._tmp()
         try:
-            return out, await self.sup.spawner.pack_layer(
+            return out, await self.images.spawner.pack_layer(
                 {**job, "scratch": scratch, "out": out}, self.images.plan)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -83,18 +83,19 @@ def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> 
             return 0 if pid > 0 else 1
     lock_fd = lock_state_root(paths)
     zygote_pid, zygote_sock = start_zygote(paths.run)
+    packer = start_zygote(paths.run, cleanup=False, others=(zygote_sock,))
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     import trio
 
     try:
-        trio.run(_main, paths, zygote_sock, zygote_pid, idle_exit)
+        trio.run(_main, paths, zygote_sock, zygote_pid, idle_exit, packer)
     finally:
         os.close(lock_fd)
     return 0
 
 
 async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
-                idle_exit: float | None) -> None:
+                idle_exit: float | None, packer: tuple[int, Any]) -> None:
     import signal
 
     import trio
@@ -109,7 +110,8 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
     events = EventLog()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery)
+        sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery,
+                         packer=Spawner(packer[1], packer[0]))
         driver = f"v{sup.cgroups.version}" if sup.cgroups.version else "none"
         server = ControlServer(sup, events, default_info(paths, driver), stop.set)
         nursery.start_soon(sup.reap_strays)

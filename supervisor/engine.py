@@ -92,15 +92,19 @@ class Container:
 
 class Supervisor:
     def __init__(self, paths: StatePaths, store: Store, spawner: Spawner,
-                 events: EventLog, nursery: trio.Nursery) -> None:
+                 events: EventLog, nursery: trio.Nursery,
+                 packer: Spawner | None = None) -> None:
         self.paths = paths
         self.store = store
         self.spawner = spawner
+        # the file work (layers, trees) goes to a helper of its own: never in the way of
+        # a container's start
+        self.packer = packer or spawner
         self.events = events
         self.nursery = nursery
         self.containers: dict[str, Container] = {}
         self.devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        self.known_children: set[int] = {spawner.zygote_pid}
+        self.known_children: set[int] = {spawner.zygote_pid, self.packer.zygote_pid}
         # Exit codes of removed --rm containers, so a wait that arrives after the
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
@@ -108,7 +112,7 @@ class Supervisor:
         from runtime.images.store import ImageStore
         from supervisor.images import ImageService
 
-        self.images = ImageService(ImageStore(paths.data, store.db), spawner,
+        self.images = ImageService(ImageStore(paths.data, store.db), self.packer,
                                    preparing.id_map_plan() if os.geteuid() != 0 else None)
         self.inotify = Inotify()
         nursery.start_soon(self.inotify.run)
@@ -121,7 +125,8 @@ class Supervisor:
             "slirp4netns" if rootless else "bridge")
 
     def our_pids(self) -> list[int]:
-        return [os.getpid(), self.spawner.zygote_pid]
+        return list(dict.fromkeys([os.getpid(), self.spawner.zygote_pid,
+                                   self.packer.zygote_pid]))
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -226,7 +231,7 @@ class Supervisor:
         cdir = ContainerDir(self.paths, c.id)
         plan = preparing.id_map_plan(c.options.uid_mappings, c.options.gid_mappings)
         if plan is not None and os.geteuid() != 0:
-            await self.spawner.remove_trees([cdir.upper, cdir.work], plan)
+            await self.packer.remove_trees([cdir.upper, cdir.work], plan)
         await trio.to_thread.run_sync(cdir.remove)
         containerdir.rmtree(os.path.join(self.paths.run, "net", c.id[:16]))
         self.networks.release(c.id)
@@ -319,6 +324,8 @@ class Supervisor:
                                              (stdin, out_w, err_w),
                                              group.procs_files if group is not None else (),
                                              spec_doc=prepared.oci)
+            if prepared.oci is not None:  # not kept per container: ~100 KiB of objects
+                c.prepared = prepared._replace(oci=None)
         except BaseException:
             close_quietly(out_r, err_r)
             with trio.CancelScope(shield=True):

@@ -48,16 +48,26 @@ class CreatedInit(NamedTuple):
     pty_master: int | None
 
 
-def start_zygote(run_dir: str) -> tuple[int, socket.socket]:
-    """Fork the zygote; return (its pid, the supervisor's end of its socket)."""
+def start_zygote(run_dir: str, cleanup: bool = True,
+                 others: tuple[socket.socket, ...] = ()) -> tuple[int, socket.socket]:
+    """Fork the zygote; return (its pid, the supervisor's end of its socket).
+
+    The same code serves as the *packer*, a second helper forked right after for the
+    long file work (layers unpacked and packed, trees removed), so that work never
+    keeps a container from starting: ``cleanup`` False (the zygote removes what a dead
+    supervisor left), ``others`` the supervisor's ends of earlier helpers' sockets,
+    closed in the child (their EOF must come when the supervisor goes)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             ours.close()
+            for other in others:
+                other.close()
             serve(theirs)
-            remove_stale_cgroups(run_dir)
+            if cleanup:
+                remove_stale_cgroups(run_dir)
         except BaseException:
             code = 1
         finally:
