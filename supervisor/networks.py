@@ -170,16 +170,17 @@ class NetworkManager:
     # --- start-up and leases --------------------------------------------------------
 
     def startup(self, containers: set[str]) -> None:
-        """After a start (or a crash): our nftables table from scratch, leases of
-        containers that no longer exist dropped, bridges left for the first use."""
+        """After a start (or a crash): our nftables table removed (what a killed
+        supervisor left; made again when a network is first used), leases of containers
+        that no longer exist dropped, bridges left for the first use."""
         with self.db:
             rows = self.db.execute("SELECT DISTINCT container FROM leases").fetchall()
             for (cid,) in rows:
                 if cid not in containers:
                     self.db.execute("DELETE FROM leases WHERE container = ?", (cid,))
         if not self.rootless and self.all():
-            try:
-                self._nft().reset()
+            try:  # gone until a network is used again (then made afresh)
+                self._nft().destroy()
             except (OSError, HostError) as exc:
                 log.error("nftables reset failed", error=str(exc))
 

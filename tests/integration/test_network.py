@@ -211,6 +211,10 @@ class TestNetworks:
         assert leftovers == {}
         assert myctr_net("rm", "-f", "web").returncode == 0
         assert _leftovers(myctr_net, host) == {}
+        # a supervisor that starts removes its table; it comes back on a network's use
+        assert myctr_net("supervise", "--stop").returncode == 0
+        assert myctr_net("ps").returncode == 0
+        assert "myctr-" not in host.run("nft", "list", "tables").stdout
 
 
     def test_slirp4netns_death_stops_the_container(self, myctr_net: Myctr,
