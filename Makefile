@@ -3,9 +3,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2
-TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils
-BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah iperf3 slirp4netns
+RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2 slirp4netns libnftables1 iproute2
+TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils \
+	nftables podman runc openssl
+BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah iperf3
 
 # the demo's myctr: its own state root, in its own network namespace
 M = nsenter --net=build/demo-netns env -u MYCTR_NETWORK $(VENV)/bin/myctr --root build/demo
