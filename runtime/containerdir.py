@@ -116,3 +116,12 @@ def rmtree(path: str) -> None:
 
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
+
+
+def read_text(path: str) -> str:
+    """A host file's text, or "" when it cannot be read (e.g. /etc/resolv.conf)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""

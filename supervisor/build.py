@@ -69,13 +69,11 @@ class _State:
         self.layers = layers
         self.history = history
         self.key = key  # the cache chain
-        self.image_id = image_id  # an image with exactly these layers (None: scratch)
+        # an image with exactly these layers (None: scratch): every layer step commits
+        # one, and metadata steps keep it (they change no layer)
+        self.image_id = image_id
         self.args: dict[str, str] = {}  # declared ARGs of this stage, with values
         self.cmd_set = False
-
-    @property
-    def lowers_image(self) -> str | None:
-        return self.image_id
 
     def env(self) -> dict[str, str]:
         env = {}
@@ -126,7 +124,6 @@ class Builder:
         self.creds = params.get("creds")
         self.context = os.path.realpath(context)
         self.ignore = Ignore.for_context(context, file)
-        self.ignore_lines = _ignore_lines(context, file)
         self.cf = cf
         self.build_args = build_args
         self.used_args: set[str] = set()
@@ -197,8 +194,6 @@ class Builder:
             done = self.results[earlier.number]
             state = _State(json.loads(json.dumps(done.config)), list(done.layers),
                            list(done.history), done.key, done.image_id)
-            if done.image_id is None and done.layers:  # metadata after its last layer
-                state.image_id = await self._commit_intermediate(state)
             return state
         if base == "scratch":
             return _State({"Env": [DEFAULT_PATH]}, [], [], _key("scratch"), None)
@@ -339,8 +334,7 @@ class Builder:
             state.history = list(cached.config.get("history") or [])
             state.config = dict(cached.config.get("config") or {})
             state.key, state.image_id = key, cached.id
-            self.intermediates.add(cached.id)
-            self.images.busy_images.add(cached.id)
+            self._keep(cached.id)
             return
         tar, digest = await make()
         state.history.append({"created": rfc3339(time.time()), "created_by": created_by})
@@ -348,21 +342,17 @@ class Builder:
             layer = await self._adopt(tar, digest)
             state.layers.append(layer)
             state.key = key
-            state.image_id = await self._commit_intermediate(state, locked=True)
-            self.store.remember(key, state.image_id)
-        await self.say(f"--> {state.image_id.split(':', 1)[1][:12]}", cached=False)
-
-    async def _commit_intermediate(self, state: _State, locked: bool = False) -> str:
-        async def commit() -> str:
             image = await trio.to_thread.run_sync(
                 self.store.commit, state.layers, state.config, [], state.history)
-            self.intermediates.add(image.id)
-            self.images.busy_images.add(image.id)
-            return image.id
-        if locked:
-            return await commit()
-        async with self.images.lock:
-            return await commit()
+            state.image_id = image.id
+            self.store.remember(key, image.id)
+            self._keep(image.id)
+        await self.say(f"--> {state.image_id.split(':', 1)[1][:12]}", cached=False)
+
+    def _keep(self, image_id: str) -> None:
+        """An image this build stands on: image prune leaves it until the build ends."""
+        self.intermediates.add(image_id)
+        self.images.busy_images.add(image_id)
 
     async def _commit_final(self, state: _State, tags: list[str]) -> Image:
         key = _key(state.key, "COMMIT")
@@ -401,8 +391,6 @@ class Builder:
     async def _run(self, state: _State, ins: Instruction,
                    command: list[str]) -> tuple[str, str]:
         """RUN: the command in a container of the current image; its upper dir's diff."""
-        if state.image_id is None and state.layers:
-            state.image_id = await self._commit_intermediate(state)
         if state.image_id is None:
             raise BuildError(f"{self.cf.path}:{ins.line}: RUN in an empty image (FROM "
                              "scratch without files): there is nothing to run")
@@ -485,8 +473,6 @@ class Builder:
         copy = {"sources": sources, "dest": dest,
                 "workdir": state.config.get("WorkingDir") or "/", "chown": chown,
                 "chmod": chmod, "add": ins.keyword == "ADD", "keep_owner": "from" in flags}
-        if state.image_id is None and state.layers:
-            state.image_id = await self._commit_intermediate(state)
         image_lowers = self._lowers(state.image_id)
         job: dict[str, Any] = {"kind": "copy", "copy": copy, "image_lowers": image_lowers}
         if "from" in flags:
@@ -494,8 +480,6 @@ class Builder:
             source = self.cf.stage(ref)
             if source is not None and source.number in self.results:
                 done = self.results[source.number]
-                if done.image_id is None and done.layers:
-                    done.image_id = await self._commit_intermediate(done)
                 job["source_lowers"] = self._lowers(done.image_id)
                 source_key = done.key
             elif source is not None:
@@ -511,7 +495,7 @@ class Builder:
             from runtime.images.pack import source_digest
 
             job["context"] = self.context
-            job["ignore"] = self.ignore_lines
+            job["ignore"] = self.ignore.lines
             source_key = await trio.to_thread.run_sync(
                 source_digest, tuple(sources), self.context, self.ignore)
         return job, source_key
@@ -547,19 +531,6 @@ def _default_file(context: str) -> str:
         if os.path.exists(path):
             return path
     raise SpecError(f"build: no Containerfile or Dockerfile in {context} (use -f)")
-
-
-def _ignore_lines(context: str, file: str) -> list[str]:
-    from runtime.build.ignore import NAMES
-
-    for path in (f"{file}.containerignore", f"{file}.dockerignore",
-                 *(os.path.join(context, n) for n in NAMES)):
-        try:
-            with open(path) as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            continue
-    return []
 
 
 def _arg_pairs(ins: Instruction, env: dict[str, str],

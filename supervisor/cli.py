@@ -475,10 +475,7 @@ async def exec_command(paths: Any, interactive: bool, tty: bool, env: tuple[str,
 @click.pass_obj
 async def inspect(paths: Any, containers: tuple[str, ...]) -> int:
     """Show containers' details as JSON."""
-    client = _client(paths)
-    docs = [client.call("container.inspect", {"id": ref}) for ref in containers]
-    click.echo(json.dumps(docs, indent=2))
-    return 0
+    return _inspect(paths, "container.inspect", "id", containers)
 
 
 @cli.command()
@@ -606,9 +603,7 @@ async def image_bootstrap(paths: Any, kind: str, name: str) -> int:
 @click.pass_obj
 async def image_inspect(paths: Any, refs: tuple[str, ...]) -> int:
     """Show images' details as JSON."""
-    client = _client(paths)
-    click.echo(json.dumps([client.call("image.inspect", {"ref": r}) for r in refs], indent=2))
-    return 0
+    return _inspect(paths, "image.inspect", "ref", refs)
 
 
 @image.command("rm")
@@ -1020,10 +1015,7 @@ async def network_ls(paths: Any, fmt: str, quiet: bool) -> int:
 @click.pass_obj
 async def network_inspect(paths: Any, names: tuple[str, ...]) -> int:
     """Show networks' details as JSON."""
-    client = _client(paths)
-    click.echo(json.dumps([client.call("network.inspect", {"name": n}) for n in names],
-                          indent=2))
-    return 0
+    return _inspect(paths, "network.inspect", "name", names)
 
 
 @network.command("rm")
@@ -1075,6 +1067,13 @@ async def rootfs_bootstrap(kind: str, dest: str, force: bool) -> int:
     from runtime.bootstrap import bootstrap_busybox
 
     click.echo(bootstrap_busybox(dest, force=force))
+    return 0
+
+
+def _inspect(paths: Any, method: str, key: str, refs: tuple[str, ...]) -> int:
+    """``inspect`` of containers, images or networks: a JSON list, one per ref."""
+    client = _client(paths)
+    click.echo(json.dumps([client.call(method, {key: ref}) for ref in refs], indent=2))
     return 0
 
 

@@ -233,8 +233,9 @@ class Supervisor:
         if plan is not None and os.geteuid() != 0:
             await self.packer.remove_trees([cdir.upper, cdir.work], plan)
         await trio.to_thread.run_sync(cdir.remove)
-        containerdir.rmtree(os.path.join(self.paths.run, "net", c.id[:16]))
-        self.networks.release(c.id)
+        containerdir.rmtree(self._net_path(c))
+        if c.options.network.mode not in ("none", "host", "slirp4netns"):
+            self.networks.release(c.id)  # only bridge networks lease (a database write)
         self._drop_record(c)
 
     # --- start / run ----------------------------------------------------------------
@@ -371,10 +372,10 @@ class Supervisor:
         """This run's network: its plug's task in the run's nursery, started (and
         its /etc/hosts written) before the container's command runs."""
         config = c.options.network
+        if config.mode in ("none", "host"):  # nothing to plug: no files, no task
+            return
         plug = await self.networks.plug(
             config, c.id, self._net_dir(c), lambda reason: self._network_failed(c, reason))
-        if plug is None:
-            return
         c.attached = await run.start(plug.run, pid)
         hosts = os.path.join(ContainerDir(self.paths, c.id).etc, "hosts")
         request = c.options.request
@@ -386,10 +387,13 @@ class Supervisor:
         self.networks.joined(config, c.id, own, hosts, address, names)
         self._emit(c, "network-attach", **{"network": config.mode, **_net_summary(c.attached)})
 
-    def _net_dir(self, c: Container) -> str:
+    def _net_path(self, c: Container) -> str:
         """The plug's own files (slirp4netns's API socket and log): short enough for a
         socket path, kept until the container goes."""
-        path = os.path.join(self.paths.run, "net", c.id[:16])
+        return os.path.join(self.paths.run, "net", c.id[:16])
+
+    def _net_dir(self, c: Container) -> str:
+        path = self._net_path(c)
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 

@@ -215,9 +215,7 @@ class NetworkManager:
 
     async def plug(self, config: NetworkConfig, container: str, run_dir: str,
                    failed: Callable[[str], None]) -> Any:
-        """The plug for one run of a container, or None (none, host)."""
-        if config.mode in ("none", "host"):
-            return None
+        """The plug for one run of a container on a network (not none or host)."""
         if config.mode == "slirp4netns":
             from netplug import slirp
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from netplug import NetworkConfig
 from runtime import capabilities, idmap, seccomp
-from runtime.containerdir import ContainerDir
+from runtime.containerdir import ContainerDir, read_text
 from runtime.defaults import RunRequest, build_spec
 from runtime.errors import HostError, SpecError
 from runtime.idmap import IdMapPlan
@@ -71,9 +71,6 @@ def make_dirs(cdir: ContainerDir, plan: IdMapPlan | None) -> None:
         cdir.hand_over(host_id(plan.uid_mappings), host_id(plan.gid_mappings))
 
 
-SLIRP_DNS = "10.0.2.3"
-
-
 def etc_texts(request: RunRequest, network: NetworkConfig) -> dict[str, str]:
     """/etc/hostname, /etc/hosts and /etc/resolv.conf before the network is up (the
     hosts file gets the container's address once its plug reports it)."""
@@ -81,22 +78,15 @@ def etc_texts(request: RunRequest, network: NetworkConfig) -> dict[str, str]:
 
     nameservers = list(network.dns)
     if not nameservers and network.mode == "slirp4netns":
-        # the host's loopback resolver is out of reach: slirp4netns's own, at .3 of
-        # its network (10.0.2.3 unless cidr= says otherwise)
-        cidr = network.option("cidr")
-        if cidr:
-            import ipaddress
+        # the host's loopback resolver is out of reach: slirp4netns's own (at .3 of
+        # its network, which cidr= may move)
+        from netplug.slirp import Settings
 
-            try:
-                nameservers = [str(ipaddress.ip_network(cidr, strict=False)[3])]
-            except (ValueError, IndexError):
-                raise SpecError(f"slirp4netns:cidr={cidr}: not an IPv4 network") from None
-        else:
-            nameservers = [SLIRP_DNS]
+        nameservers = [Settings.from_config(network).dns]
     return {
         "hostname": f"{request.hostname}\n",
         "hosts": hosts_text(request, network, "", ""),
-        "resolv.conf": render_resolv(_read("/etc/resolv.conf"),
+        "resolv.conf": render_resolv(read_text("/etc/resolv.conf"),
                                      keep_loopback=network.mode == "host",
                                      nameservers=nameservers, search=network.dns_search),
     }
@@ -110,14 +100,6 @@ def hosts_text(request: RunRequest, network: NetworkConfig, address: str, name: 
     names = " ".join(dict.fromkeys(n for n in (request.hostname, name) if n))
     own = [(address, names)] if address else []
     return render_hosts(request.hostname, own, network.add_hosts)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,

@@ -320,10 +320,8 @@ class ControlServer:
         notifications, then the image."""
         from supervisor.build import Builder
 
-        async def emit(item: dict[str, Any]) -> None:
-            await conn.send(protocol.encode_stream_item(request_id, "build.progress", item))
-
-        result = await Builder(self.sup, emit).build(params)
+        result = await Builder(self.sup, _sender(conn, request_id, "build.progress")
+                               ).build(params)
         self.events.emit("image-build", result["id"], ",".join(result["tags"]))
         return result
 
@@ -336,26 +334,22 @@ class ControlServer:
         """Pull an image; ``image.progress`` notifications until the answer."""
         from supervisor import registry
 
-        async def report(item: dict[str, Any]) -> None:
-            await conn.send(protocol.encode_stream_item(request_id, "image.progress", item))
-
         image = await registry.pull(self.sup.images, _image_ref(params),
                                     params.get("tls_verify", True) is not False,
-                                    params.get("creds"), report)
+                                    params.get("creds"),
+                                    _sender(conn, request_id, "image.progress"))
         self.events.emit("image-pull", image.id, ",".join(image.tags))
         return {"id": image.id, "tags": list(image.tags), "manifest": image.manifest}
 
     async def image_push(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
         from supervisor import registry
 
-        async def report(item: dict[str, Any]) -> None:
-            await conn.send(protocol.encode_stream_item(request_id, "image.progress", item))
-
         dest = params.get("dest")
         result = await registry.push(self.sup.images, _image_ref(params),
                                      dest if isinstance(dest, str) and dest else None,
                                      params.get("tls_verify", True) is not False,
-                                     params.get("creds"), report)
+                                     params.get("creds"),
+                                     _sender(conn, request_id, "image.progress"))
         self.events.emit("image-push", result["id"], result["reference"])
         return result
 
@@ -555,6 +549,15 @@ def _network_info(default: str) -> dict[str, Any]:
     problem = tun_problem() if slirp else "slirp4netns is not installed"
     return {"default": default, "slirp4netns": slirp,
             "slirp4netns_usable": problem is None, "slirp4netns_problem": problem}
+
+
+def _sender(conn: Connection, request_id: Any,
+            method: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """What a streaming method sends its items with: ``method`` notifications tagged
+    with the request's id."""
+    async def send(item: dict[str, Any]) -> None:
+        await conn.send(protocol.encode_stream_item(request_id, method, item))
+    return send
 
 
 def _name(params: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ class _Pattern(NamedTuple):
 
 class Ignore:
     def __init__(self, lines: list[str]) -> None:
+        self.lines = lines  # as read (the zygote builds its own matcher from them)
         self.patterns: list[_Pattern] = []
         for raw in lines:
             line = raw.strip()
