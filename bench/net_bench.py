@@ -454,11 +454,9 @@ class World:
                              "--rootfs", self.rootfs, "/bin/sh", "-c", command),
                      f"myctr run --network {network}")
         self.containers.append(name)
-        doc = json.loads(check_output(self.my("inspect", name), "myctr inspect"))
-        found = doc[0] if isinstance(doc, list) else doc
-        if not isinstance(found, dict):
-            raise BenchError(f"myctr inspect {name}: not an object")
-        return found
+        doc: dict[str, Any] = json.loads(check_output(self.my("inspect", name),
+                                                      "myctr inspect"))[0]
+        return doc
 
     def remove_containers(self) -> None:
         if self.containers:
@@ -469,53 +467,22 @@ class World:
 
 
 def container_address(doc: Mapping[str, Any]) -> str:
-    """The container's first interface address in ``myctr inspect``'s JSON."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("address", "ip_address", "IPAddress") and isinstance(value, str) \
-                        and value.count(".") == 3:
-                    found.append(value)
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(doc)
-    if not found:
+    """The container's first interface address (``myctr inspect``'s ``network``)."""
+    interfaces = (doc.get("network") or {}).get("interfaces") or []
+    if not interfaces:
         raise BenchError(f"no address in myctr inspect: {json.dumps(doc)[:500]}")
-    return found[0]
+    return str(interfaces[0]["address"])
 
 
 def container_pid(doc: Mapping[str, Any]) -> int:
-    for key in ("pid", "Pid"):
-        if isinstance(doc.get(key), int) and doc[key] > 0:
-            return int(doc[key])
-    state = doc.get("state") or doc.get("State") or {}
-    if isinstance(state, dict):
-        for key in ("pid", "Pid"):
-            if isinstance(state.get(key), int) and state[key] > 0:
-                return int(state[key])
-    raise BenchError(f"no pid in myctr inspect: {json.dumps(doc)[:500]}")
+    if not isinstance(doc.get("pid"), int) or doc["pid"] <= 0:
+        raise BenchError(f"no pid in myctr inspect: {json.dumps(doc)[:500]}")
+    return int(doc["pid"])
 
 
 def slirp_pid(doc: Mapping[str, Any]) -> int | None:
-    found: list[int] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "slirp4netns_pid" and isinstance(value, int):
-                    found.append(value)
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(doc)
-    return found[0] if found else None
+    pid = (doc.get("network") or {}).get("slirp4netns_pid")
+    return pid if isinstance(pid, int) else None
 
 
 def ns_mtus(world: World, pid: int) -> dict[str, int]:

@@ -59,8 +59,19 @@ class NetworkConfig(NamedTuple):
         return default
 
     @property
-    def own_namespace(self) -> bool:
-        return self.mode != "host"
+    def plugged(self) -> bool:
+        """Has a plug (an interface beyond lo, ports): not none, not host."""
+        return self.mode not in ("none", "host")
+
+    @property
+    def named(self) -> bool:
+        """On a network made by ``network create``."""
+        return self.mode not in NETWORK_MODES
+
+    @property
+    def bridged(self) -> bool:
+        """On a bridge (the default one or a named one): leases, root only."""
+        return self.named or self.mode == "bridge"
 
 
 class Interface(NamedTuple):

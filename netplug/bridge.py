@@ -135,11 +135,6 @@ def remove_bridge(name: str) -> None:
                 ipr.link("del", index=index)
 
 
-def bridge_exists(name: str) -> bool:
-    with _iproute() as ipr:
-        return _index(ipr, name) is not None
-
-
 def remove_link(name: str) -> bool:
     """Delete a host link (a veth: its peer goes with it); False if there was none."""
     with _iproute() as ipr:

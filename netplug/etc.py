@@ -17,10 +17,9 @@ from collections.abc import Iterable
 
 
 def render_hosts(hostname: str, own: Iterable[tuple[str, str]],
-                 extra: Iterable[tuple[str, str]] = (),
-                 peers: Iterable[tuple[str, Iterable[str]]] = ()) -> str:
+                 extra: Iterable[tuple[str, str]] = ()) -> str:
     """``own``: (address, names) of this container ("" address: 127.0.1.1); ``extra``:
-    --add-host (name, address); ``peers``: (address, names) of the others."""
+    --add-host (name, address)."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     own = list(own)
     if not own:
@@ -29,9 +28,13 @@ def render_hosts(hostname: str, own: Iterable[tuple[str, str]],
         lines.append(f"{address or '127.0.1.1'}\t{names}")
     for name, address in extra:
         lines.append(f"{address}\t{name}")
-    for address, peer_names in peers:
-        lines.append(f"{address}\t{' '.join(dict.fromkeys(peer_names))}")
     return "\n".join(lines) + "\n"
+
+
+def render_peers(peers: Iterable[tuple[str, Iterable[str]]]) -> str:
+    """The other containers of a network: (address, names) each, a line each."""
+    return "".join(f"{address}\t{' '.join(dict.fromkeys(names))}\n"
+                   for address, names in peers)
 
 
 def render_resolv(host_text: str, keep_loopback: bool, nameservers: Iterable[str] = (),

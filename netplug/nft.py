@@ -148,7 +148,8 @@ BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
     ("input", "filter", "input", 0),
 )
 PORTS_CHAIN = "ports"
-CHAINS = (*(c[0] for c in BASE_CHAINS), PORTS_CHAIN)
+# in the order they are made: the ``ports`` chain before the chains jumping to it
+CHAINS = (PORTS_CHAIN, *(c[0] for c in BASE_CHAINS))
 
 
 def _rule(table: str, chain: str, expr: list[Command], comment: str = "") -> Command:
@@ -177,7 +178,7 @@ def chain_commands(table: str, chain: str) -> list[Command]:
 def table_commands(table: str) -> list[Command]:
     """The table and its chains (the ``ports`` chain before the chains jumping to it)."""
     commands: list[Command] = [{"add": {"table": {"family": FAMILY, "name": table}}}]
-    for chain in (PORTS_CHAIN, *(c[0] for c in BASE_CHAINS)):
+    for chain in CHAINS:
         commands += chain_commands(table, chain)
     return commands
 
@@ -276,16 +277,26 @@ class Table:
 
     def ensure(self) -> None:
         """Create the table and its chains, or add the chains it lacks."""
+        self._apply(None, [])
+
+    def _apply(self, comment: str | None, commands: list[Command]) -> None:
+        """One listing, one batch: the table and chains it lacks, the rules tagged
+        ``comment`` deleted, then ``commands``."""
         with self._lock:
             listing = self._listing()
             if listing is None:
-                run(table_commands(self.name))
-                return
-            have = {item["chain"]["name"] for item in listing if "chain" in item}
-            missing = [c for c in (PORTS_CHAIN, *(c[0] for c in BASE_CHAINS))
-                       if c not in have]
-            if missing:
-                run([cmd for c in missing for cmd in chain_commands(self.name, c)])
+                batch = table_commands(self.name)
+            else:
+                have = {item["chain"]["name"] for item in listing if "chain" in item}
+                batch = [cmd for c in CHAINS if c not in have
+                         for cmd in chain_commands(self.name, c)]
+                if comment is not None:
+                    batch += delete_rule_commands(self.name, [
+                        item["rule"] for item in listing
+                        if "rule" in item and item["rule"].get("comment") == comment])
+            batch += commands
+            if batch:
+                run(batch)
 
     def _delete_commands(self) -> list[Command]:
         # "add table" first so that "delete table" cannot fail: nft < 1.0.8 has no
@@ -324,10 +335,7 @@ class Table:
         """NAT for a network whose bridge exists: masquerade, forward accept, ports on
         127.0.0.1. Turns on IPv4 forwarding and ``route_localnet`` on the bridge (in
         this process's network namespace). Replaces the network's rules if present."""
-        self.ensure()
-        with self._lock:
-            commands = delete_rule_commands(self.name, self.rules(network_comment(name)))
-            run(commands + network_rules(self.name, name, subnet, bridge))
+        self._apply(network_comment(name), network_rules(self.name, name, subnet, bridge))
         enable_forwarding()
         set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
 
@@ -337,14 +345,8 @@ class Table:
     def add_ports(self, container_id: str, address: str, ports: Iterable[PortMapping]) -> None:
         """DNAT each published host port to ``address`` (replacing the container's
         previous rules, if any)."""
-        ports = list(ports)
-        self.ensure()
-        with self._lock:
-            commands = delete_rule_commands(self.name,
-                                            self.rules(container_comment(container_id)))
-            commands += port_rules(self.name, container_id, address, ports)
-            if commands:
-                run(commands)
+        self._apply(container_comment(container_id),
+                    port_rules(self.name, container_id, address, list(ports)))
 
     def remove_ports(self, container_id: str) -> None:
         self._remove_tagged(container_comment(container_id))

@@ -767,7 +767,7 @@ def _creds(paths: Any, creds: str | None, ref: str) -> dict[str, str] | None:
 
 def _progress(items: Any, quiet: bool) -> Any:
     """Show pull/push progress on stderr (a line per blob, redrawn on a TTY); the
-    stream's final answer is returned by the caller's iteration."""
+    stream's final answer is then ``client.stream_result``."""
     tty = sys.stderr.isatty() and not quiet
     rows: dict[str, str] = {}
     shown = 0
@@ -810,9 +810,8 @@ async def pull(paths: Any, tls_verify: bool, creds: str | None, quiet: bool, ref
     """Pull image REF from a registry (linux/amd64 of a multi-platform image)."""
     client = _client(paths)
     params = {"ref": ref, "tls_verify": tls_verify, "creds": _creds(paths, creds, ref)}
-    request_id = client.send("image.pull", params)
-    _progress(_stream_items(client, request_id), quiet)
-    click.echo(client.result(request_id)["id"])
+    _progress(client.stream("image.pull", params), quiet)
+    click.echo(client.stream_result["id"])
     return 0
 
 
@@ -827,24 +826,11 @@ async def push(paths: Any, tls_verify: bool, creds: str | None, quiet: bool, sou
     client = _client(paths)
     params = {"ref": source, "dest": dest, "tls_verify": tls_verify,
               "creds": _creds(paths, creds, dest or source)}
-    request_id = client.send("image.push", params)
-    _progress(_stream_items(client, request_id), quiet)
-    result = client.result(request_id)
+    _progress(client.stream("image.push", params), quiet)
+    result = client.stream_result
     if not quiet:
         click.echo(f"Writing manifest {result['digest']} to {result['reference']}", err=True)
     return 0
-
-
-def _stream_items(client: Any, request_id: int) -> Any:
-    """The stream's notifications; the final answer is left for ``client.result``."""
-    while True:
-        message = client.receive()
-        if message.get("id") == request_id:
-            client.early[request_id] = message
-            return
-        params = message.get("params") or {}
-        if "method" in message and params.get("request_id") == request_id:
-            yield params
 
 
 image.add_command(pull, "pull")

@@ -234,7 +234,7 @@ class Supervisor:
             await self.packer.remove_trees([cdir.upper, cdir.work], plan)
         await trio.to_thread.run_sync(cdir.remove)
         containerdir.rmtree(self._net_path(c))
-        if c.options.network.mode not in ("none", "host", "slirp4netns"):
+        if c.options.network.bridged:
             self.networks.release(c.id)  # only bridge networks lease (a database write)
         self._drop_record(c)
 
@@ -372,7 +372,7 @@ class Supervisor:
         """This run's network: its plug's task in the run's nursery, started (and
         its /etc/hosts written) before the container's command runs."""
         config = c.options.network
-        if config.mode in ("none", "host"):  # nothing to plug: no files, no task
+        if not config.plugged:  # nothing to plug: no files, no task
             return
         plug = await self.networks.plug(
             config, c.id, self._net_dir(c), lambda reason: self._network_failed(c, reason))

@@ -8,7 +8,7 @@ network find each other by name.
 - A container keeps its address (its lease) from its first start until it is
   removed; leases are rows, so a crash cannot hand one address out twice, and a lease
   whose container no longer exists is dropped when the supervisor starts.
-- nftables: one table of this supervisor (``inet myctr-<tag>``), reset at start (the
+- nftables: one table of this supervisor (``inet myctr-<tag>``), removed at start (the
   containers of a killed supervisor died with it), so no rule of a dead run remains.
 - Names: each running container on a network has, in its /etc/hosts, every other
   running container of that network by name and alias (see :mod:`netplug.etc`).
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from netplug import NetworkConfig
+from netplug import NETWORK_MODES, NetworkConfig
 from runtime.errors import Conflict, HostError, NotFound, SpecError
 from runtime.log import get_logger
 
@@ -121,7 +121,7 @@ class NetworkManager:
         if self.rootless:
             raise SpecError("network create needs root: rootless containers use "
                             "slirp4netns")
-        if name in ("none", "host", "slirp4netns", DEFAULT) or self._row(name):
+        if name in NETWORK_MODES or self._row(name):
             raise Conflict(f"network {name!r} already exists")
         options.validate_name(name)
         return self._insert(name, subnet, gateway)
@@ -152,9 +152,7 @@ class NetworkManager:
     def _teardown_network(self, network: Network) -> None:
         from netplug import bridge
 
-        table = self._nft()
-        if table.exists():
-            table.remove_network(network.name)
+        self._nft().remove_network(network.name)  # nothing when the table is gone
         bridge.remove_bridge(network.bridge)
         self.ready.discard(network.name)
 
@@ -238,9 +236,7 @@ class NetworkManager:
         from netplug import bridge
 
         bridge.ensure_bridge(network.bridge, network.gateway, network.prefix)
-        table = self._nft()
-        table.ensure()
-        table.add_network(network.name, network.subnet, network.bridge)
+        self._nft().add_network(network.name, network.subnet, network.bridge)
         self.ready.add(network.name)
 
     # --- names ----------------------------------------------------------------------
@@ -253,8 +249,7 @@ class NetworkManager:
         from netplug.etc import rewrite_in_place
 
         self.attached.add(container)
-        named = config.mode not in ("none", "host", "slirp4netns", DEFAULT)
-        if not named or not address:
+        if not config.named or not address:
             rewrite_in_place(hosts_path, own)
             return
         member = Member(container, address, names, hosts_path, own)
@@ -268,12 +263,12 @@ class NetworkManager:
             self._write_hosts(config.mode)
 
     def _write_hosts(self, network: str) -> None:
-        from netplug.etc import rewrite_in_place
+        from netplug.etc import render_peers, rewrite_in_place
 
         members = self.members.get(network, {})
         for cid, member in members.items():
-            peers = "".join(f"{m.address}\t{' '.join(m.names)}\n"
-                            for other, m in members.items() if other != cid)
+            peers = render_peers((m.address, m.names) for other, m in members.items()
+                                 if other != cid)
             try:
                 rewrite_in_place(member.hosts_path, member.own + PEERS_MARK + peers)
             except OSError as exc:

@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import json
 import os
-import secrets
 import ssl
 import time
 import urllib.parse
@@ -35,11 +34,13 @@ import trio
 from runtime.errors import HostError, NotFound, SpecError
 from runtime.images import distribution as dist
 from runtime.images.reference import Reference, parse
-from runtime.images.store import Image, normalize_name
+from runtime.images.store import Image, ImageStore, normalize_name
 from supervisor.images import ImageService
 
 PARALLEL = 3
 CHUNK = 1 << 16
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
 PROGRESS_INTERVAL = 0.2
 TIMEOUT = 60.0
 
@@ -173,7 +174,7 @@ class Session:
         self.authorization = f"Bearer {token}"
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: bytes | BinaryIO | None = None, redirects: int = 5) -> Response:
+                body: bytes | BinaryIO | None = None) -> Response:
         """A request of the API, authenticated; redirects followed (blob storage may be
         elsewhere, credentials are not sent there); a 401 re-authenticates once."""
         if self.scheme is None:
@@ -190,18 +191,14 @@ class Session:
                 resp.read()
                 self._authenticate(resp.header("WWW-Authenticate") or "")
                 continue
-            if resp.status in (301, 302, 303, 307, 308) and redirects and method in (
-                    "GET", "HEAD"):
-                location = resp.header("Location") or ""
+            hops = 0  # blob storage may be elsewhere: no credentials sent there
+            while resp.status in REDIRECTS and method in ("GET", "HEAD") \
+                    and hops < MAX_REDIRECTS:
                 resp.read()
-                url = urllib.parse.urljoin(url, location)
-                for _ in range(redirects):
-                    resp = self._send(method, url, dict(headers or {}))
-                    if resp.status not in (301, 302, 303, 307, 308):
-                        break
-                    resp.read()
-                    url = urllib.parse.urljoin(url, resp.header("Location") or "")
-            return resp
+                url = urllib.parse.urljoin(url, resp.header("Location") or "")
+                resp = self._send(method, url, dict(headers or {}))
+                hops += 1
+            break
         return resp
 
     # --- API ------------------------------------------------------------------------
@@ -248,33 +245,25 @@ class Session:
         _verify(desc, len(data), "sha256:" + hashlib.sha256(data).hexdigest())
         return data
 
-    def download(self, desc: dist.Descriptor, path: str, tmp_dir: str,
+    def download(self, desc: dist.Descriptor, store: ImageStore,
                  progress: Callable[[int], None]) -> None:
-        """Stream a blob to a temp file while hashing it; renamed to ``path`` once its
-        size and digest match the descriptor."""
+        """Stream a blob into the store (its one blob writer, hashing as it goes); kept
+        only once its size and digest match the descriptor."""
         resp = self.request("GET", f"/v2/{self.ref.repository}/blobs/{desc.digest}")
         if resp.status != 200:
             raise self.fail(resp, f"blob {desc.digest}")
-        tmp = os.path.join(tmp_dir, f".tmp-{secrets.token_hex(8)}")
-        digest = hashlib.sha256()
         done = 0
+
+        def observe(chunk: bytes) -> None:
+            nonlocal done
+            done += len(chunk)
+            if done > desc.size:  # more than announced: refused, and stop reading
+                _verify(desc, done, "")
+            progress(done)
+
         try:
-            with open(tmp, "wb") as f:
-                while chunk := resp.resp.read(CHUNK):
-                    done += len(chunk)
-                    if done > desc.size:
-                        break
-                    digest.update(chunk)
-                    f.write(chunk)
-                    progress(done)
-                _verify(desc, done, "sha256:" + digest.hexdigest())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+            store.put_blob_stream(resp.resp, observe,
+                                  lambda digest, size: _verify(desc, size, digest))
         finally:
             resp.close()
 
@@ -409,7 +398,7 @@ async def pull(images: ImageService, text: str, tls_verify: bool, creds: Any,
                 return
             async with limiter:
                 await trio.to_thread.run_sync(
-                    session.download, desc, store.blob_path(desc.digest), store.blobs,
+                    session.download, desc, store,
                     _reporter(report, desc.digest, desc.size, "downloading"))
             await report({"digest": desc.digest, "status": "done", "current": desc.size,
                           "total": desc.size})
@@ -441,7 +430,7 @@ async def push(images: ImageService, source: str, dest: str | None, tls_verify: 
         data = store.manifest_bytes(image)
         kind = dist.media_type(data, None)
         blobs = [(layer["digest"], layer["size"]) for layer in image.layers]
-        blobs.append((image.id, len(store.config_bytes(image))))
+        blobs.append((image.id, os.path.getsize(store.blob_path(image.id))))
 
         async def send(digest: str, size: int, limiter: trio.CapacityLimiter) -> None:
             async with limiter:

@@ -131,16 +131,16 @@ def network_config(params: dict[str, Any], defaults: dict[str, Any],
 
     rootless = os.geteuid() != 0
     mode, net_options = parse_network(_string(params, "network"), rootless)
-    if mode not in ("none", "host", "slirp4netns", "bridge") and (
-            networks is None or not networks(mode)):
+    config = NetworkConfig(mode, net_options)
+    if config.named and (networks is None or not networks(mode)):
         raise SpecError(f"network {mode!r} not found (create it with `network create`)")
-    if mode not in ("none", "host", "slirp4netns") and rootless:
+    if config.bridged and rootless:
         raise SpecError(f"--network {mode}: bridge networks need root (rootless "
                         "containers use slirp4netns)")
     mappings = [m for v in _strings(params, "publish") for m in ports.parse_publish(v)]
     if _flag(params, "publish_all"):
         mappings += ports.exposed_ports(defaults.get("exposed_ports") or [])
-    if mappings and mode in ("none", "host"):
+    if mappings and not config.plugged:
         raise SpecError(f"-p/--publish needs a network of the container's own: "
                         f"--network {mode} has no ports to publish")
     for server in _strings(params, "dns"):
@@ -159,13 +159,14 @@ def network_config(params: dict[str, Any], defaults: dict[str, Any],
             raise SpecError(f"invalid --add-host {item!r}: expected NAME:IP")
         add_hosts.append((name, address))
     aliases = tuple(_strings(params, "network_aliases"))
-    if aliases and mode in ("none", "host", "slirp4netns", "bridge"):
+    if aliases and not config.named:
         raise SpecError("--network-alias is for named networks (`network create`)")
     if mode == "host" and (_strings(params, "dns") or _strings(params, "dns_search")):
         raise SpecError("--dns and --dns-search cannot be used with --network host")
-    return NetworkConfig(mode, net_options, ports.merge(mappings), aliases,
-                         tuple(_strings(params, "dns")), tuple(_strings(params, "dns_search")),
-                         tuple(add_hosts))
+    return config._replace(ports=ports.merge(mappings), aliases=aliases,
+                           dns=tuple(_strings(params, "dns")),
+                           dns_search=tuple(_strings(params, "dns_search")),
+                           add_hosts=tuple(add_hosts))
 
 
 def create_options(params: dict[str, Any],
@@ -203,7 +204,7 @@ def create_options(params: dict[str, Any],
     for cap in (*_strings(params, "cap_add"), *_strings(params, "cap_drop")):
         capabilities.normalize(cap)
     net = network_config(params, defaults, networks)
-    network = net.mode if net.mode in ("none", "host") else "private"
+    network = "private" if net.plugged else net.mode
     user = _string(params, "user") or defaults["user"] or None
     if user is not None:
         validate_user_option(user)

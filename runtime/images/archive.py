@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
 from ..errors import SpecError
+from .distribution import INDEXES, MANIFESTS
 from .layer import DEFAULT_LIMITS, LayerError, _BoundedTarInfo
 from .store import (
     LAYER_GZIP_MEDIA_TYPE,
@@ -55,10 +56,8 @@ MAX_IN_MEMORY = 64 << 20  # all of them together; beyond, members go to the blob
 MAX_LINK_HOPS = 16
 CHUNK = 1 << 20
 
-INDEX_MEDIA_TYPES = ("application/vnd.oci.image.index.v1+json",
-                     "application/vnd.docker.distribution.manifest.list.v2+json")
-MANIFEST_MEDIA_TYPES = (MANIFEST_MEDIA_TYPE,
-                        "application/vnd.docker.distribution.manifest.v2+json")
+INDEX_MEDIA_TYPES = INDEXES
+MANIFEST_MEDIA_TYPES = MANIFESTS
 LAYER_MEDIA_TYPES = (LAYER_MEDIA_TYPE, LAYER_GZIP_MEDIA_TYPE,
                      "application/vnd.docker.image.rootfs.diff.tar.gzip",
                      "application/vnd.oci.image.layer.nondistributable.v1.tar",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -53,8 +54,6 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 
 
 def rfc3339(t: float) -> str:
@@ -117,9 +116,11 @@ class ImageStore:
             return self.put_blob_stream(src)
 
     def put_blob_stream(self, src: IO[bytes],
-                        observe: Callable[[bytes], None] | None = None) -> tuple[str, int]:
+                        observe: Callable[[bytes], None] | None = None,
+                        check: Callable[[str, int], None] | None = None) -> tuple[str, int]:
         """Copy a stream into the blob store under its digest (a temp file renamed once
-        complete and synced); ``observe`` sees every chunk. (digest, size)."""
+        complete and synced); ``observe`` sees every chunk, ``check(digest, size)`` may
+        refuse the blob before it is kept. (digest, size)."""
         tmp = os.path.join(self.blobs, f".tmp-{secrets.token_hex(8)}")
         digest = hashlib.sha256()
         size = 0
@@ -134,6 +135,8 @@ class ImageStore:
                 dst.flush()
                 os.fsync(dst.fileno())
             name = "sha256:" + digest.hexdigest()
+            if check is not None:
+                check(name, size)
             os.replace(tmp, self.blob_path(name))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -143,14 +146,8 @@ class ImageStore:
 
     def put_blob_bytes(self, data: bytes) -> str:
         name = "sha256:" + hashlib.sha256(data).hexdigest()
-        path = self.blob_path(name)
-        if not os.path.exists(path):
-            tmp = os.path.join(self.blobs, f".tmp-{secrets.token_hex(8)}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        if not self.has_blob(name):
+            self.put_blob_stream(io.BytesIO(data))
         return name
 
     # --- layers ---------------------------------------------------------------------
@@ -198,8 +195,7 @@ class ImageStore:
         if diff_ids != [layer["diff_id"] for layer in layers]:
             raise SpecError("image config's rootfs.diff_ids do not match its layers")
         for layer in layers:
-            if not os.path.exists(self.blob_path(layer["digest"])) or not os.path.isdir(
-                    self.layer_path(layer["diff_id"])):
+            if not self.has_blob(layer["digest"]) or not self.has_layer(layer["diff_id"]):
                 raise SpecError(f"layer {layer['digest']} is not in the store")
         image_id = self.put_blob_bytes(config_bytes)
         if manifest_bytes is None:
@@ -236,10 +232,6 @@ class ImageStore:
     def read_blob(self, digest: str) -> bytes:
         with open(self.blob_path(digest), "rb") as f:
             return f.read()
-
-    def config_bytes(self, image: Image) -> bytes:
-        """The image config exactly as stored (its sha256 is the image id)."""
-        return self.read_blob(image.id)
 
     def manifest_bytes(self, image: Image) -> bytes:
         return self.read_blob(image.manifest)
