@@ -66,6 +66,7 @@ from bench.supervisor_bench import (
     Section,
     Sizes,
     Supervisor,
+    bench_parser,
     check_output,
     comparison,
     delete_oci,
@@ -75,6 +76,7 @@ from bench.supervisor_bench import (
     remove_myctr,
     run_all,
     run_and_wait,
+    sized,
     summary_detail,
     summary_of,
     tool_names,
@@ -952,9 +954,7 @@ def benchmark(sizes: CgroupSizes, only: Sequence[str], notes: list[str]) -> list
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.cgroup_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser = bench_parser("cgroup_bench", __doc__)
     parser.add_argument("--runs", type=int, help=f"timed start runs per tool and variant "
                                                  f"({FULL.runs}; --quick {QUICK.runs})")
     parser.add_argument("--warmup", type=int, help=f"untimed start iterations first "
@@ -966,13 +966,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                      f"({FULL.gap_s * 1000:.0f}; 0: back to "
                                                      "back)")
     args = parse_sections(parser, argv, SECTIONS)
-    base = QUICK if args.quick else FULL
     gap_s = None if args.gap_ms is None else args.gap_ms / 1000
-    args.sizes = base._replace(**{k: v for k, v in (("runs", args.runs),
-                                                    ("warmup", args.warmup),
-                                                    ("oom_runs", args.oom_runs),
-                                                    ("gap_s", gap_s))
-                                  if v is not None})
+    args.sizes = sized(args, FULL, QUICK, runs=args.runs, warmup=args.warmup,
+                       oom_runs=args.oom_runs, gap_s=gap_s)
     sizes = args.sizes
     if sizes.runs < 1 or sizes.oom_runs < 1 or sizes.warmup < 0 or sizes.gap_s < 0:
         parser.error("--runs and --oom-runs must be at least 1, --warmup and --gap-ms at "

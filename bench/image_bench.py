@@ -64,11 +64,13 @@ from bench.supervisor_bench import (
     Row,
     Section,
     Sizes,
+    bench_parser,
     check_output,
     comparison,
     open_bench,
     parse_sections,
     print_report,
+    sized,
     summary_detail,
     summary_of,
 )
@@ -569,9 +571,7 @@ def benchmark(sizes: ImageSizes, only: Sequence[str], notes: list[str]) -> list[
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.image_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser = bench_parser("image_bench", __doc__)
     parser.add_argument("--runs", type=int, help=f"timed runs per tool and case ({FULL.runs}; "
                                                  f"--quick {QUICK.runs})")
     parser.add_argument("--warmup", type=int, help=f"untimed iterations first ({FULL.warmup})")
@@ -579,11 +579,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                         f"archive ({FULL.archive_mib}; --quick "
                                                         f"{QUICK.archive_mib})")
     args = parse_sections(parser, argv, SECTIONS)
-    base = QUICK if args.quick else FULL
-    args.sizes = base._replace(**{k: v for k, v in (("runs", args.runs),
-                                                    ("warmup", args.warmup),
-                                                    ("archive_mib", args.archive_mib))
-                                  if v is not None})
+    args.sizes = sized(args, FULL, QUICK, runs=args.runs, warmup=args.warmup,
+                       archive_mib=args.archive_mib)
     if args.sizes.runs < 1 or args.sizes.warmup < 0 or args.sizes.archive_mib < 1:
         parser.error("--runs and --archive-mib must be at least 1, --warmup at least 0")
     return args

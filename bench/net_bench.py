@@ -61,10 +61,12 @@ from bench.start_latency import (
 from bench.supervisor_bench import (
     Row,
     Section,
+    bench_parser,
     check_output,
     meets,
     open_supervisor,
     parse_sections,
+    sized,
 )
 from runtime import libc
 from runtime.errors import ContainerError
@@ -757,9 +759,7 @@ def benchmark(sizes: NetSizes, only: Sequence[str], notes: list[str]) -> list[Se
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.net_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser = bench_parser("net_bench", __doc__)
     parser.add_argument("--runs", type=int, help=f"iperf3 runs per row ({FULL.runs}; --quick "
                                                  f"{QUICK.runs})")
     parser.add_argument("--seconds", type=int, help=f"iperf3 -t ({FULL.seconds}; --quick "
@@ -768,11 +768,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                      f"({FULL.connects}; --quick "
                                                      f"{QUICK.connects})")
     args = parse_sections(parser, argv, SECTIONS)
-    base = QUICK if args.quick else FULL
-    args.sizes = base._replace(**{k: v for k, v in (("runs", args.runs),
-                                                    ("seconds", args.seconds),
-                                                    ("connects", args.connects))
-                                  if v is not None})
+    args.sizes = sized(args, FULL, QUICK, runs=args.runs, seconds=args.seconds,
+                       connects=args.connects)
     if min(args.sizes.runs, args.sizes.seconds, args.sizes.connects) < 1:
         parser.error("--runs, --seconds and --connects must be at least 1")
     return args

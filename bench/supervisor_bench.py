@@ -1065,6 +1065,21 @@ def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Secti
         return [results[name] for name in SECTIONS if name in results]
 
 
+def bench_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """A bench's argument parser, with ``--quick``."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    return parser
+
+
+def sized(args: argparse.Namespace, full: Any, quick: Any, **given: Any) -> Any:
+    """The counts of a run: ``quick`` or ``full``, with the ones given on the command
+    line (not None) in place."""
+    base = quick if args.quick else full
+    return base._replace(**{k: v for k, v in given.items() if v is not None})
+
+
 def parse_sections(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                    sections: Sequence[str]) -> argparse.Namespace:
     """Add --json and --only SECTIONS to ``parser``, parse, and check the sections."""
