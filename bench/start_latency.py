@@ -3,7 +3,8 @@
 Run as ``python -m bench.start_latency [--runs N] [--warmup K] [--json]`` (root only).
 
 Every tool runs the same busybox rootfs from this one process, round-robin within each
-iteration (the starting tool rotates), so drift in machine load hits all tools alike. A
+iteration (the starting tool rotates), so drift in machine load hits all tools alike,
+each run after a pause of START_PAUSE_S (see ``settle``). A
 bare ``unshare`` of the same kind of namespaces is measured as a floor.
 
 crun 1.8 refuses a hybrid cgroup layout. On such a host the bench unshares a private mount
@@ -43,6 +44,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 UNIFIED = "/sys/fs/cgroup/unified"
 REFERENCE = "myctr"
 # The "myctr/X" ratios printed under the table, when X was measured.
+START_PAUSE_S = 0.1  # pause before each timed run: see settle()
 COMPARED = ("crun", "runc", "podman", "baseline")
 BASELINE_ARGV = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "/bin/true"]
 # Rootful netavark keeps its run dir here whatever the flags; podman creates it even
@@ -93,6 +95,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def format_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
+
+
+def settle() -> None:
+    """Wait START_PAUSE_S before a timed run, so that no tool inherits a warm kernel from
+    the one before it. On cgroup v1 the first move of a task into a cgroup after a
+    quiet spell waits for an RCU grace period (10-15 ms here); a tool started within
+    a grace period of another tool's move skips that wait. Run back to back, crun
+    measured 8.7 ms after myctr's move and 25 ms after a pause."""
+    time.sleep(START_PAUSE_S)
 
 
 def round_robin_order(names: Sequence[str], iteration: int) -> list[str]:
@@ -292,6 +303,7 @@ def measure(
     samples: dict[str, list[float]] = {name: [] for name in by_name}
     for iteration in range(warmup + runs):
         for name in round_robin_order(list(by_name), iteration):
+            settle()
             elapsed = run_tool(by_name[name], namespaces, f"{prefix}-{name}-{iteration}")
             if iteration >= warmup:
                 samples[name].append(elapsed * 1000)

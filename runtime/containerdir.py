@@ -1,19 +1,15 @@
-"""A container's directory on disk: its spec (config.json), the overlay's upper, work
-and merged dirs, and the files it gets at /etc/hostname, /etc/hosts and
-/etc/resolv.conf. Writes are atomic (a temp file renamed into place).
+"""A container's directory on disk: the overlay's upper, work and merged dirs, and the
+files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf. Writes are atomic (a
+temp file renamed into place). Its spec is in the database only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable
-from typing import Any
 
 from .paths import StatePaths
-
-SPEC_FILE = "config.json"
 
 
 def new_id() -> str:
@@ -85,11 +81,6 @@ class ContainerDir:
         os.chmod(self.path, 0o711)
         for sub in (self.upper, self.work, self.merged):
             os.chown(sub, uid, gid)
-
-    def write_spec(self, doc: dict[str, Any]) -> None:
-        """The spec is derived data (the database is the truth): no fsync."""
-        atomic_write(os.path.join(self.path, SPEC_FILE), json.dumps(doc).encode(),
-                     durable=False)
 
     def write_etc_files(self, texts: dict[str, str]) -> dict[str, str]:
         """Write the files the container gets at /etc (``{"hostname": text, "hosts":

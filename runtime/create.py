@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import signal
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import libc
 from .channel import (
@@ -107,6 +109,7 @@ def create(
     stdio: tuple[int, int, int] | None = None,
     clone_parent: bool = False,
     cgroup_procs: tuple[str, ...] = (),
+    wait_ready: bool = True,
 ) -> InitProcess:
     """Clone the init into its namespaces and run it up to the point before exec.
 
@@ -115,6 +118,9 @@ def create(
     on failure such an init is killed and its pid put on the exception as ``init_pid``
     for the parent to reap. ``cgroup_procs`` are the ``cgroup.procs`` files of the
     container's cgroups: the init joins them before it does anything else.
+    ``wait_ready`` False returns once the init is placed, before it built its root:
+    the caller waits for Ready on the channel (:func:`await_ready`), so the zygote
+    can clone the next init meanwhile.
     """
     flags = clone_flags(spec) | (libc.CLONE_PARENT if clone_parent else 0)
     if flags & libc.CLONE_NEWCGROUP:  # unshared by the init once it is in its cgroup
@@ -122,15 +128,16 @@ def create(
         paths = paths._replace(unshare_cgroupns=True)
     return spawn(flags, stdio, lambda channel: run_init(spec, paths, channel),
                  plan if spec.uses_user_namespace else None, ours=not clone_parent,
-                 cgroup_procs=cgroup_procs)
+                 cgroup_procs=cgroup_procs, wait_ready=wait_ready)
 
 
 def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Channel], None],
-          plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = ()) -> InitProcess:
+          plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = (),
+          wait_ready: bool = True) -> InitProcess:
     """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
     for Placed); the parent moves it into ``cgroup_procs``, writes the maps of ``plan``,
-    sends Placed and waits for Ready. On failure the child is killed and its pid put
-    on the exception as ``init_pid``."""
+    sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
+    and its pid put on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
     into = _cgroup_fd(cgroup_procs)
     with stdio_for_child(stdio):
@@ -143,6 +150,9 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
             into = None
             pid, pidfd = libc.clone3(flags)
         if pid == 0:
+            # A collection would touch every tracked object, and after the fork each
+            # page it writes is a copy-on-write fault; the child lives milliseconds.
+            gc.disable()
             parent_end.close()
             child(child_end)  # never returns
     child_end.close()
@@ -152,7 +162,9 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
             os.close(into)
         else:
             join_cgroups(pid, cgroup_procs)
-        handshake(process, plan)
+        place(process, plan)
+        if wait_ready:
+            await_ready(process)
     except BaseException as exc:
         process.channel.close()
         process.kill_and_reap()
@@ -204,21 +216,31 @@ def join_cgroups(pid: int, procs_files: tuple[str, ...]) -> None:
                             f"({os.path.dirname(path)}): {exc.strerror}") from None
 
 
-def handshake(process: InitProcess, plan: IdMapPlan | None) -> None:
-    """Write the id maps (when ``plan``), send Placed, wait for the child's Ready."""
+def place(process: InitProcess, plan: IdMapPlan | None) -> None:
+    """Write the id maps (when ``plan``) and send Placed."""
     if plan is not None:
         write_maps(process.pid, plan)
     process.channel.send(Placed())
-    while True:
-        try:
-            message = process.channel.receive()
-        except (ChannelClosed, ConnectionResetError):
-            raise SetupFailedError(0, "container init exited during setup") from None
-        if isinstance(message, PtyMaster):
-            process.pty_master = message.fd
-        elif isinstance(message, Ready):
-            return
-        elif isinstance(message, SetupFailed):
-            raise SetupFailedError(message.errno, message.message)
-        else:
-            raise SetupFailedError(0, f"unexpected message from init: {message!r}")
+
+
+def await_ready(process: InitProcess) -> None:
+    """Wait for the child's Ready, taking its pty master on the way."""
+    while not ready_step(process.channel, process):
+        pass
+
+
+def ready_step(channel: Channel, process: InitProcess | Any) -> bool:
+    """Take one message of the init's setup: True on Ready; a pty master is put on
+    ``process.pty_master``; a failure or an early exit raises SetupFailed."""
+    try:
+        message = channel.receive()
+    except (ChannelClosed, ConnectionResetError):
+        raise SetupFailedError(0, "container init exited during setup") from None
+    if isinstance(message, PtyMaster):
+        process.pty_master = message.fd
+        return False
+    if isinstance(message, Ready):
+        return True
+    if isinstance(message, SetupFailed):
+        raise SetupFailedError(message.errno, message.message)
+    raise SetupFailedError(0, f"unexpected message from init: {message!r}")

@@ -35,13 +35,14 @@ def join_flags(spec: ContainerSpec) -> int:
 
 
 def create_exec(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
-                stdio: tuple[int, int, int], cgroup_procs: tuple[str, ...] = ()) -> InitProcess:
+                stdio: tuple[int, int, int], cgroup_procs: tuple[str, ...] = (),
+                wait_ready: bool = True) -> InitProcess:
     """Clone the joiner (into the container's cgroups); return once the process stands
-    before exec."""
+    before exec (``wait_ready`` False: once it is placed, as :func:`create`)."""
     return spawn(libc.CLONE_PARENT, stdio,
                  lambda channel: run_guarded(
                      channel, lambda: _join(spec, config, container_pidfd, channel)),
-                 None, ours=False, cgroup_procs=cgroup_procs)
+                 None, ours=False, cgroup_procs=cgroup_procs, wait_ready=wait_ready)
 
 
 def _join(spec: ContainerSpec, config: InitConfig, container_pidfd: int,

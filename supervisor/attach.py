@@ -51,7 +51,9 @@ def run_attached(client: Client, params: dict[str, Any], interactive: bool,
         raise
     container = result["id"]
     restart = params.get("restart", "no") not in ("no", None)
-    wait_id = client.send("container.wait", {"id": container, "next_exit": restart})
+    # --rm: the answer comes once the container is gone, so its name is free again
+    wait_id = client.send("container.wait", {"id": container, "next_exit": restart,
+                                             "removed": bool(params.get("auto_remove"))})
     with _forwarding_signals(client, container):
         if terminal:
             [master] = client.take_fds()

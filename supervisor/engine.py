@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ from supervisor.restart import (
 from supervisor.run_options import CreateOptions, create_options
 from supervisor.spawner import Spawner
 from supervisor.states import Status, can_remove, can_start, is_active, transition
+from supervisor.stems import StemSlot
 from supervisor.store import ContainerRecord, Store
 from supervisor.zygote import CreatedInit, close_quietly
 
@@ -76,7 +78,8 @@ class Container:
         self.scheduled: RestartScheduled | None = None
         self.prepared: preparing.Prepared | None = None  # the same for every run
         self.exited = trio.Event()
-        self.finished = trio.Event()  # the task tree ended (no restart due)
+        self.stopped = trio.Event()  # no restart due (an --rm one is removed next)
+        self.finished = trio.Event()  # the task tree ended (and an --rm one is gone)
         self.cgroup: Any = None  # the current run's cgroup handle, if it has one
         self.attached: Any = None  # the current run's netplug.Attached, if any
         self.update_lock = trio.Lock()
@@ -109,6 +112,7 @@ class Supervisor:
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
         self.cgroups = CgroupManager(paths)
+        self.stems = StemSlot(self.cgroups, spawner)
         from runtime.images.store import ImageStore
         from supervisor.images import ImageService
 
@@ -249,7 +253,7 @@ class Supervisor:
         if not can_start(c.status):
             raise Conflict(f"container {c.record.name} is {c.status.value}")
         self._set(c, manually_stopped=False)
-        c.finished = trio.Event()
+        c.stopped, c.finished = trio.Event(), trio.Event()
         await self.nursery.start(self._supervise, c, attach)
 
     async def _supervise(self, c: Container, attach: Attach | None,
@@ -300,6 +304,7 @@ class Supervisor:
             c.scope = None
             if c.status == Status.RESTARTING:  # stopped while waiting to restart
                 self._set(c, status=Status.EXITED.value)
+            c.stopped.set()
             if completed and c.options.auto_remove and c.id in self.containers:
                 with trio.CancelScope(shield=True):
                     await self._remove_now(c)
@@ -320,11 +325,13 @@ class Supervisor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
         try:
-            group = await self._make_cgroup(c)
+            group, stem = await self._make_cgroup(c)
             init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
                                              (stdin, out_w, err_w),
                                              group.procs_files if group is not None else (),
-                                             spec_doc=prepared.oci)
+                                             spec_doc=prepared.oci, stem=stem)
+            if group is not None and self.stems.wanted(c.options.resources):
+                self.stems.refill(self.nursery)
             if prepared.oci is not None:  # not kept per container: ~100 KiB of objects
                 c.prepared = prepared._replace(oci=None)
         except BaseException:
@@ -413,17 +420,28 @@ class Supervisor:
                 await self.kill_all(c)
         self.nursery.start_soon(kill)
 
-    async def _make_cgroup(self, c: Container) -> Any:
-        """This run's cgroup, with the container's limits (None: no cgroups here)."""
+    async def _make_cgroup(self, c: Container) -> tuple[Any, socket.socket | None]:
+        """This run's cgroup, with the container's limits (None: no cgroups here), and
+        the socket of the stem waiting in it, if it was a ready stem's (see
+        :mod:`supervisor.stems`)."""
         if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
-            return None
-        group = c.cgroup = self.cgroups.handle(c.id)  # set first: a failure removes it
+            return None, None
+        resources = c.options.resources
+        taken = self.stems.take(c.id) if self.stems.wanted(resources) else None
+        stem = taken[1] if taken is not None else None
+        # set first: a failure removes it
+        group = c.cgroup = taken[0] if taken is not None else self.cgroups.handle(c.id)
         try:
-            await trio.to_thread.run_sync(group.create, c.options.resources)
+            if taken is None:
+                await trio.to_thread.run_sync(group.create, resources)
+            elif resources.any():
+                await trio.to_thread.run_sync(group.apply, resources)
         except OSError as exc:
+            if stem is not None:
+                stem.close()
             raise HostError(
                 f"cannot create the container's cgroup: {exc.strerror or exc}") from None
-        return group
+        return group, stem
 
     async def _drop_cgroup(self, c: Container) -> None:
         """Kill what is left in the run's cgroup and remove it."""
@@ -722,9 +740,11 @@ class Supervisor:
         await self._destroy(c)
         self.events.emit("remove", c.id, c.record.name)
 
-    async def wait(self, c: Container) -> int:
+    async def wait(self, c: Container, removed: bool = False) -> int:
+        """The exit status once the container stopped for good (no restart due), as
+        docker's wait; ``removed``: and, for an --rm container, once it is removed."""
         if is_active(c.status) or c.scope is not None:
-            await c.finished.wait()
+            await (c.finished if removed else c.stopped).wait()
         return c.record.exit_code if c.record.exit_code is not None else 0
 
     # --- strays ---------------------------------------------------------------------
@@ -794,6 +814,7 @@ class Supervisor:
             for c in list(self.containers.values()):
                 if is_active(c.status):
                     nursery.start_soon(self._stop_for_shutdown, c, timeout)
+        await self.stems.close()
         await trio.to_thread.run_sync(self.cgroups.shutdown)
 
     async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:

@@ -105,14 +105,13 @@ def hosts_text(request: RunRequest, network: NetworkConfig, address: str, name: 
 def prepare(cdir: ContainerDir, request: RunRequest, plan: IdMapPlan | None,
             interactive: bool, etc: dict[str, str] | None = None,
             volatile: bool = False) -> Prepared:
-    """Write the container's /etc files and config.json; build what the init needs."""
+    """Write the container's /etc files; build what the init needs."""
     if not os.path.isdir(request.rootfs):
         raise SpecError(f"rootfs {request.rootfs}: no such directory")
     files = cdir.write_etc_files(etc or etc_texts(request, NetworkConfig(request.network)))
     profile = seccomp_profile(request)
     spec = build_spec(request, plan, files, profile)
     oci = spec.to_oci()
-    cdir.write_spec(oci)
     config = InitConfig(
         lower=request.lowers or (os.path.realpath(request.rootfs),), upper=cdir.upper,
         work=cdir.work,

@@ -444,7 +444,7 @@ class ControlServer:
         if params.get("next_exit") and c.status == Status.RUNNING:
             await c.exited.wait()
             return {"exit_code": c.record.exit_code}
-        return {"exit_code": await self.sup.wait(c)}
+        return {"exit_code": await self.sup.wait(c, removed=bool(params.get("removed")))}
 
     async def logs(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:
         c = self.sup.get(_ref(params))

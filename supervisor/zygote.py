@@ -13,7 +13,13 @@ Wire format (SOCK_SEQPACKET, one packet per message, fds by SCM_RIGHTS)::
                            {"op": "exec", ...} + fds [stdin, stdout, stderr, init pidfd]
                            (both may carry "cgroup_procs": the container's
                             cgroup.procs files, which the child joins first)
-    zygote -> supervisor   {"ok": true, "pid": N, "pty": bool} + fds [pidfd, channel(, pty)]
+                           {"op": "stem"}: fork a stem (see fork_stem)
+    zygote -> supervisor   {"ok": true, "pid": N} + fds [pidfd, channel]: the init is
+                            placed (cgroups, id maps); the supervisor takes its Ready
+                            (and pty master) on the channel
+                           {"ok": true, "pid": N} + fds [pidfd, socket] (a stem, which
+                            takes one create request on that socket, answers it as
+                            the zygote would and exits)
                            {"ok": false, "error": {...}, "pid": N | null}
 
 The zygote answers one request at a time; it exits when the supervisor's end closes
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import os
 import signal
@@ -82,6 +89,9 @@ def serve(sock: socket.socket) -> None:
     The supervisor's end of the socket closes when it exits, however it exits (it is
     the only holder): then the loop ends. No PDEATHSIG: the zygote outlives a killed
     supervisor for as long as it takes to remove the container cgroups it left."""
+    # What the zygote holds now stays: out of the collector's sight, its pages stay
+    # shared with every init and stem forked from here (no collection writes them).
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
     null = os.open("/dev/null", os.O_RDWR)
@@ -93,7 +103,11 @@ def serve(sock: socket.socket) -> None:
         if not data:
             return
         try:
-            reply, reply_fds = handle(json.loads(data), fds)
+            request = json.loads(data)
+            if request.get("op") == "stem":
+                reply, reply_fds = fork_stem(sock)
+            else:
+                reply, reply_fds = handle(request, fds)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -104,6 +118,51 @@ def serve(sock: socket.socket) -> None:
         finally:
             for fd in reply_fds:
                 os.close(fd)
+
+
+def fork_stem(supervisor_sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Fork a stem: a fork of the zygote that waits, already in a spare cgroup, to
+    clone one init; the reply carries its pid, and fds [its pidfd, its socket].
+
+    On a cgroup v1 host an init must be moved into its cgroups by pid, and the first
+    such move after a quiet spell waits for an RCU grace period (the cgroup
+    threadgroup lock; 10-15 ms measured here, crun pays it too). A stem takes that
+    wait ahead of time: the supervisor moves it into a spare cgroup while nothing
+    waits, renames the spare to the next container's name, and sends the create
+    request straight to the stem, which clones the init, born in the cgroup, answers
+    as the zygote would, and exits. The stem is cloned with CLONE_PARENT (a child of
+    the supervisor, like the inits it clones, and killed with it by PDEATHSIG); it
+    exits too when its socket closes. See :mod:`supervisor.stems`."""
+    from runtime import libc
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid, pidfd = libc.clone3(libc.CLONE_PARENT)
+    if pid == 0:
+        code = 0
+        try:
+            libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            ours.close()
+            supervisor_sock.close()  # the zygote's EOF must come when the supervisor goes
+            _serve_stem(theirs)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    return {"ok": True, "pid": pid}, [pidfd, ours.detach()]
+
+
+def _serve_stem(sock: socket.socket) -> None:
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 8)
+    if not data:
+        return
+    request = json.loads(data)
+    try:
+        reply, reply_fds = handle(request, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    socket.send_fds(sock, [json.dumps(reply).encode()], reply_fds)
 
 
 def remove_stale_cgroups(run_dir: str) -> None:
@@ -134,12 +193,14 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     stdio = (fds[0], fds[1], fds[2])
     cgroup_procs = tuple(request.get("cgroup_procs") or ())
     try:
+        # placed, not ready: the supervisor waits for Ready on the channel while the
+        # zygote clones the next init
         if request.get("op") == "exec":
-            process = create_exec(spec, config, fds[3], stdio, cgroup_procs)
+            process = create_exec(spec, config, fds[3], stdio, cgroup_procs, wait_ready=False)
         else:
             plan = decode_plan(request["plan"])
             process = create(spec, config, plan, stdio=stdio, clone_parent=True,
-                             cgroup_procs=cgroup_procs)
+                             cgroup_procs=cgroup_procs, wait_ready=False)
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc),
                 "pid": getattr(exc, "init_pid", None)}, []
@@ -147,10 +208,7 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
         error = {"type": "SetupFailed", "errno": exc.errno or 0,
                  "message": exc.strerror or str(exc)}
         return {"ok": False, "error": error, "pid": getattr(exc, "init_pid", None)}, []
-    reply_fds = [process.pidfd, process.channel.sock.detach()]
-    if process.pty_master is not None:
-        reply_fds.append(process.pty_master)
-    return {"ok": True, "pid": process.pid, "pty": process.pty_master is not None}, reply_fds
+    return {"ok": True, "pid": process.pid}, [process.pidfd, process.channel.sock.detach()]
 
 
 def unpack_layer(tar: str, dest: str, plan: IdMapPlan | None) -> dict[str, Any]:

@@ -297,6 +297,11 @@ class V1Cgroup:
         }
 
     def remove(self) -> None:
+        with contextlib.suppress(OSError):  # busy, or cgroups below: the thorough way
+            for d in self.dirs:  # the common case: the init's exit emptied them
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(d)
+            return
         if self.populated():
             self.kill()
         for d in self.dirs:

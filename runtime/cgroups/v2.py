@@ -265,8 +265,13 @@ class V2Cgroup:
 
     def remove(self) -> None:
         """Kill what is left, wait for the cgroup to empty, remove it."""
-        if not os.path.isdir(self.path):
+        try:  # the common case: the init's exit emptied it (its pid namespace died)
+            os.rmdir(self.path)
             return
+        except FileNotFoundError:
+            return
+        except OSError:  # busy, or cgroups below it: the thorough way
+            pass
         if self.populated():
             with contextlib.suppress(OSError):
                 self.thaw()

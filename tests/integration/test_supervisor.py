@@ -75,6 +75,28 @@ class TestDetachedContainers:
         _until(lambda: myctr("ps", "-a", "-q").stdout == "")
         assert myctr("wait", cid).stdout.strip() == "3"
 
+    def test_wait_answers_at_the_exit_or_once_removed(self, myctr: Myctr) -> None:
+        """container.wait answers when an --rm container exited (docker's wait); with
+        "removed" (what `run --rm` asks, as podman returns after the removal) only once
+        it is gone: its name is free when the answer comes."""
+        assert myctr("info").returncode == 0
+
+        def call(method: str, **params: object) -> dict:  # type: ignore[type-arg]
+            reply = harness.supervisor_call(myctr.state_root, method, params)
+            assert isinstance(reply, dict)
+            return reply
+
+        # 500 files in its upper dir: the removal takes a while after the exit
+        script = "for i in $(seq 500); do : > /f$i; done; exit 5"
+        run = call("container.run", rootfs=str(myctr.rootfs), name="once", auto_remove=True,
+                   command=["/bin/sh", "-c", script])
+        assert call("container.wait", id=run["result"]["id"],
+                    removed=True)["result"] == {"exit_code": 5}
+        assert "error" in call("container.inspect", id="once")  # gone: the name is free
+        result = myctr.run("--name", "once", "/bin/sh", "-c", script)
+        assert result.returncode == 5, result.stderr
+        assert myctr("ps", "-a", "-q").stdout == ""
+
     def test_fast_containers_at_once_all_report_their_status(self, myctr: Myctr) -> None:
         """Ten /bin/true containers at once: each exit status reaches its own waiter
         (an init that exits at once must not be reaped as a stray by a sibling's
