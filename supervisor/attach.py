@@ -4,18 +4,16 @@ copy the container's output to our terminal, forward signals, exit with its stat
 Without a terminal the supervisor gets the write ends of two pipes of ours (it tees
 the container's output into the log and into them) and our stdin itself with ``-i``.
 With ``-t`` it sends us the pty master over the socket (SCM_RIGHTS), so keystrokes
-go straight to the container without hopping through the supervisor.
+go straight to the container without hopping through the supervisor (the terminal
+modules are imported for that case only).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import signal
-import termios
-import tty
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,6 +109,9 @@ def _pump_terminal(master: int, interactive: bool) -> None:
 
 
 def _copy_window_size(master: int) -> None:
+    import fcntl
+    import termios
+
     for fd in (0, 1, 2):
         if os.isatty(fd):
             with contextlib.suppress(OSError):
@@ -124,6 +125,9 @@ def _raw_terminal(fd: int | None) -> Iterator[None]:
     if fd is None:
         yield
         return
+    import termios
+    import tty
+
     saved = termios.tcgetattr(fd)
     tty.setraw(fd)
     try:

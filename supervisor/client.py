@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -128,6 +127,8 @@ def connect(paths: StatePaths, autostart: bool = True) -> Client:
 
 
 def start_background_supervisor(paths: StatePaths) -> None:
+    import subprocess  # here only: ~1 ms of every client's start otherwise
+
     root = ["--root", paths.base] if paths.base else []
     idle = os.environ.get("MYCTR_IDLE_EXIT", str(AUTOSTART_IDLE_EXIT))
     subprocess.run(
