@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -39,7 +38,6 @@ from supervisor.restart import (
 from supervisor.run_options import CreateOptions, create_options
 from supervisor.spawner import Spawner
 from supervisor.states import Status, can_remove, can_start, is_active, transition
-from supervisor.stems import StemSlot
 from supervisor.store import ContainerRecord, Store
 from supervisor.zygote import CreatedInit, close_quietly
 
@@ -112,7 +110,6 @@ class Supervisor:
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
         self.cgroups = CgroupManager(paths)
-        self.stems = StemSlot(self.cgroups, spawner)
         from runtime.images.store import ImageStore
         from supervisor.images import ImageService
 
@@ -325,13 +322,11 @@ class Supervisor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
         try:
-            group, stem = await self._make_cgroup(c)
+            group = await self._make_cgroup(c)
             init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
                                              (stdin, out_w, err_w),
                                              group.procs_files if group is not None else (),
-                                             spec_doc=prepared.oci, stem=stem)
-            if group is not None and self.stems.wanted(c.options.resources):
-                self.stems.refill(self.nursery)
+                                             spec_doc=prepared.oci)
             if prepared.oci is not None:  # not kept per container: ~100 KiB of objects
                 c.prepared = prepared._replace(oci=None)
         except BaseException:
@@ -420,28 +415,17 @@ class Supervisor:
                 await self.kill_all(c)
         self.nursery.start_soon(kill)
 
-    async def _make_cgroup(self, c: Container) -> tuple[Any, socket.socket | None]:
-        """This run's cgroup, with the container's limits (None: no cgroups here), and
-        the socket of the stem waiting in it, if it was a ready stem's (see
-        :mod:`supervisor.stems`)."""
+    async def _make_cgroup(self, c: Container) -> Any:
+        """This run's cgroup, with the container's limits (None: no cgroups here)."""
         if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
-            return None, None
-        resources = c.options.resources
-        taken = self.stems.take(c.id) if self.stems.wanted(resources) else None
-        stem = taken[1] if taken is not None else None
-        # set first: a failure removes it
-        group = c.cgroup = taken[0] if taken is not None else self.cgroups.handle(c.id)
+            return None
+        group = c.cgroup = self.cgroups.handle(c.id)  # set first: a failure removes it
         try:
-            if taken is None:
-                await trio.to_thread.run_sync(group.create, resources)
-            elif resources.any():
-                await trio.to_thread.run_sync(group.apply, resources)
+            await trio.to_thread.run_sync(group.create, c.options.resources)
         except OSError as exc:
-            if stem is not None:
-                stem.close()
             raise HostError(
                 f"cannot create the container's cgroup: {exc.strerror or exc}") from None
-        return group, stem
+        return group
 
     async def _drop_cgroup(self, c: Container) -> None:
         """Kill what is left in the run's cgroup and remove it."""
@@ -488,12 +472,19 @@ class Supervisor:
                         watcher.check()
                         oom_killed = watcher.oom_killed
                         watching.cancel()
-            finally:
+            except BaseException:
                 writer.close()
                 self.known_children.discard(init.pid)
                 with trio.CancelScope(shield=True):
                     await self._drop_cgroup(c)
+                raise
+            writer.close()  # the log holds every byte now: the exit may be told
+            self.known_children.discard(init.pid)
             self._exit(c, code, oom_killed)
+            if c.options.restart.name == "no":
+                c.stopped.set()  # nothing restarts it: a wait answers before the teardown
+            with trio.CancelScope(shield=True):
+                await self._drop_cgroup(c)
         finally:
             # Closed only once the exit is recorded: until then a stop or kill that
             # arrives finds an init that is gone (signals are no-ops), not an error.
@@ -814,7 +805,6 @@ class Supervisor:
             for c in list(self.containers.values()):
                 if is_active(c.status):
                     nursery.start_soon(self._stop_for_shutdown, c, timeout)
-        await self.stems.close()
         await trio.to_thread.run_sync(self.cgroups.shutdown)
 
     async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:

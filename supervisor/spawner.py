@@ -19,8 +19,8 @@ from typing import Any
 import trio
 
 from runtime import libc
-from runtime.channel import Channel, ChannelClosed, ExecFailed, Start
-from runtime.create import ready_step
+from runtime.channel import Channel, ChannelClosed, ExecFailed, PtyMaster, Start
+from runtime.create import setup_message
 from runtime.errors import ExecFailed as ExecFailedError
 from runtime.errors import HostError
 from runtime.errors import SetupFailed as SetupFailedError
@@ -29,10 +29,6 @@ from runtime.init import InitConfig
 from runtime.spec import ContainerSpec
 from supervisor import fdpass, zygote
 from supervisor.zygote import CreatedInit, close_quietly
-
-
-class Gone(HostError):
-    """The zygote (or a stem) closed its socket instead of answering."""
 
 
 class Spawner:
@@ -45,42 +41,13 @@ class Spawner:
     async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                      stdio: tuple[int, int, int],
                      cgroup_procs: tuple[str, ...] = (),
-                     spec_doc: dict[str, Any] | None = None,
-                     stem: socket.socket | None = None) -> CreatedInit:
+                     spec_doc: dict[str, Any] | None = None) -> CreatedInit:
         """An init in its namespaces (and cgroups), before exec. Raises the init's error
         (and reaps a half-made init) when setup fails. ``spec_doc``: the spec's OCI
-        document when the caller has it already; ``stem``: the socket of a stem (see
-        :func:`supervisor.zygote.fork_stem`), which clones the init instead of the
-        zygote (closed here: a stem serves one request)."""
-        if stem is not None:
-            with stem:
-                stem.setblocking(False)
-                try:  # born in the stem's cgroup: nothing to join
-                    init = await _exchange(
-                        trio.socket.from_stdlib_socket(stem),
-                        zygote.encode_request(spec, config, plan, spec_doc=spec_doc), stdio)
-                except Gone:  # the stem died (killed): the zygote moves the init by pid
-                    pass
-                else:
-                    return await _until_ready(init)
+        document when the caller has it already."""
         return await self._ask(
             zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs,
                                   spec_doc=spec_doc), stdio)
-
-    async def stem(self) -> tuple[int, int, socket.socket]:
-        """Have the zygote fork a stem: its pid, pidfd and socket."""
-        async with self._lock:
-            with trio.CancelScope(shield=True):  # see _ask
-                await self._sock.send(b'{"op": "stem"}')
-                data, ancdata, _flags, _addr = await self._sock.recvmsg(
-                    zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
-        if not data:
-            raise HostError("the zygote exited")
-        reply = json.loads(data)
-        if not reply["ok"]:
-            raise zygote.decode_error(reply["error"])
-        pidfd, sock = fdpass.received(ancdata)
-        return int(reply["pid"]), pidfd, socket.socket(fileno=sock)
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
                           stdio: tuple[int, int, int], init_pidfd: int,
@@ -123,8 +90,26 @@ class Spawner:
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
         async with self._lock:
-            init = await _exchange(self._sock, payload, fds)
-        return await _until_ready(init)  # the zygote serves the next request meanwhile
+            # One request, one reply: a cancellation between the two would leave this
+            # reply queued for the next request (a stop landing mid-restart did that).
+            # The zygote answers within milliseconds, so the exchange is shielded.
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._sock.sendmsg([payload], fdpass.rights(fds))
+                    data, ancdata, _flags, _addr = await self._sock.recvmsg(
+                        zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
+                except (BrokenPipeError, ConnectionResetError):
+                    data = b""
+        if not data:
+            raise HostError("the zygote exited")
+        reply = json.loads(data)
+        received = fdpass.received(ancdata)
+        if not reply["ok"]:
+            _reap(reply.get("pid"))
+            raise zygote.decode_error(reply["error"])
+        # placed, not ready: the zygote serves the next request meanwhile
+        return await _until_ready(CreatedInit(pid=reply["pid"], pidfd=received[0],
+                                              channel_fd=received[1], pty_master=None))
 
     async def start(self, init: CreatedInit) -> None:
         """Let the init exec; raise ExecFailed (and reap it) if the exec fails."""
@@ -146,56 +131,31 @@ class Spawner:
         self._sock.close()
 
 
-async def _exchange(sock: Any, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
-    """Send a create or exec request on ``sock`` (the zygote's or a stem's) and take
-    the init it placed (not ready yet)."""
-    # One request, one reply: a cancellation between the two would leave this reply
-    # queued for the next request (a stop landing mid-restart did that). The zygote
-    # answers within milliseconds, so the exchange is shielded.
-    with trio.CancelScope(shield=True):
-        try:
-            await sock.sendmsg([payload], fdpass.rights(fds))
-            data, ancdata, _flags, _addr = await sock.recvmsg(
-                zygote.MAX_PACKET, fdpass.ANCILLARY_SPACE)
-        except (BrokenPipeError, ConnectionResetError):
-            data = b""
-    if not data:
-        raise Gone("the zygote exited")
-    reply = json.loads(data)
-    received = fdpass.received(ancdata)
-    if not reply["ok"]:
-        _reap(reply.get("pid"))
-        raise zygote.decode_error(reply["error"])
-    return CreatedInit(pid=reply["pid"], pidfd=received[0], channel_fd=received[1],
-                       pty_master=None)
-
-
 async def _until_ready(init: CreatedInit) -> CreatedInit:
     """Wait for the placed init's Ready on its channel (the zygote went on to other
     work); with its pty master when it has a terminal. On a failure, or a
     cancellation, the init is killed and reaped (it is our child) and its fds closed."""
     sock = socket.socket(fileno=init.channel_fd)
-    got = _PtyHolder()
+    pty_master = None
     try:
         channel = Channel(sock)
         while True:
             await trio.lowlevel.wait_readable(sock)
-            if ready_step(channel, got):
-                return init._replace(pty_master=got.pty_master)
+            message = setup_message(channel)
+            if isinstance(message, PtyMaster):
+                pty_master = message.fd
+            else:
+                return init._replace(pty_master=pty_master)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
-        close_quietly(init.pidfd, got.pty_master)
+        close_quietly(init.pidfd, pty_master)
         sock.close()
         _reap(init.pid)
         raise
     finally:
         if sock.fileno() >= 0:
             sock.detach()  # the fd stays the init's channel (start() takes it)
-
-
-class _PtyHolder:
-    pty_master: int | None = None
 
 
 def _reap(pid: int | None) -> None:

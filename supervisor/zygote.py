@@ -13,13 +13,9 @@ Wire format (SOCK_SEQPACKET, one packet per message, fds by SCM_RIGHTS)::
                            {"op": "exec", ...} + fds [stdin, stdout, stderr, init pidfd]
                            (both may carry "cgroup_procs": the container's
                             cgroup.procs files, which the child joins first)
-                           {"op": "stem"}: fork a stem (see fork_stem)
     zygote -> supervisor   {"ok": true, "pid": N} + fds [pidfd, channel]: the init is
                             placed (cgroups, id maps); the supervisor takes its Ready
                             (and pty master) on the channel
-                           {"ok": true, "pid": N} + fds [pidfd, socket] (a stem, which
-                            takes one create request on that socket, answers it as
-                            the zygote would and exits)
                            {"ok": false, "error": {...}, "pid": N | null}
 
 The zygote answers one request at a time; it exits when the supervisor's end closes
@@ -103,11 +99,7 @@ def serve(sock: socket.socket) -> None:
         if not data:
             return
         try:
-            request = json.loads(data)
-            if request.get("op") == "stem":
-                reply, reply_fds = fork_stem(sock)
-            else:
-                reply, reply_fds = handle(request, fds)
+            reply, reply_fds = handle(json.loads(data), fds)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -118,51 +110,6 @@ def serve(sock: socket.socket) -> None:
         finally:
             for fd in reply_fds:
                 os.close(fd)
-
-
-def fork_stem(supervisor_sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """Fork a stem: a fork of the zygote that waits, already in a spare cgroup, to
-    clone one init; the reply carries its pid, and fds [its pidfd, its socket].
-
-    On a cgroup v1 host an init must be moved into its cgroups by pid, and the first
-    such move after a quiet spell waits for an RCU grace period (the cgroup
-    threadgroup lock; 10-15 ms measured here, crun pays it too). A stem takes that
-    wait ahead of time: the supervisor moves it into a spare cgroup while nothing
-    waits, renames the spare to the next container's name, and sends the create
-    request straight to the stem, which clones the init, born in the cgroup, answers
-    as the zygote would, and exits. The stem is cloned with CLONE_PARENT (a child of
-    the supervisor, like the inits it clones, and killed with it by PDEATHSIG); it
-    exits too when its socket closes. See :mod:`supervisor.stems`."""
-    from runtime import libc
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid, pidfd = libc.clone3(libc.CLONE_PARENT)
-    if pid == 0:
-        code = 0
-        try:
-            libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            ours.close()
-            supervisor_sock.close()  # the zygote's EOF must come when the supervisor goes
-            _serve_stem(theirs)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    theirs.close()
-    return {"ok": True, "pid": pid}, [pidfd, ours.detach()]
-
-
-def _serve_stem(sock: socket.socket) -> None:
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 8)
-    if not data:
-        return
-    request = json.loads(data)
-    try:
-        reply, reply_fds = handle(request, fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    socket.send_fds(sock, [json.dumps(reply).encode()], reply_fds)
 
 
 def remove_stale_cgroups(run_dir: str) -> None:

@@ -7,7 +7,6 @@ Every test checks, after its supervisor shut down, that no cgroup it made is lef
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -356,87 +355,31 @@ def test_crash_alone_leaves_no_cgroup(limited: Limited) -> None:
     assert limited("rm", "orphan").returncode == 0
 
 
-def _spares(runner: Limited) -> list[tuple[str, list[int]]]:
-    """The spare cgroups of a cgroup v1 supervisor (see supervisor/stems.py), with the
-    pids in each."""
-    bases = runner.call("info")["cgroups"]["base"]
-    found = []
-    for base in [bases] if isinstance(bases, str) else bases:
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(base):
-                if name.startswith("spare-"):
-                    path = os.path.join(base, name)
-                    with contextlib.suppress(FileNotFoundError):
-                        procs = Path(path, "cgroup.procs").read_text().split()
-                        found.append((path, [int(p) for p in procs]))
-    return found
-
-
-def _ready_stem(runner: Limited) -> tuple[list[str], int]:
-    """Wait until a stem waits in a spare cgroup (in every hierarchy): the spare's
-    dirs and the stem's pid, a child of the supervisor."""
-    def ready() -> tuple[list[str], int] | None:
-        spares = _spares(runner)
-        pids = {pid for _, procs in spares for pid in procs}
-        if spares and len(pids) == 1 and all(procs for _, procs in spares):
-            return [path for path, _ in spares], pids.pop()
-        return None
-    dirs, stem = _until(ready)
-    assert _parent(stem) == runner.call("ping")["pid"]
-    return dirs, stem
-
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
-@pytest.fixture
-def stems(limited: Limited) -> Limited:
-    if _version(limited) != 1:
-        pytest.skip("stems serve cgroup v1 only: on v2 an init is cloned into its cgroup")
-    return limited
-
-
-class TestStems:
-    """cgroup v1: a stem waits in a spare cgroup, so that a start does not wait for the
-    kernel's grace period of a first move into a cgroup."""
-
-    def test_the_next_container_is_born_in_the_stem_spare(self, stems: Limited) -> None:
-        stems.detached("--name", "first", "/bin/sleep", "1000")
-        spare_dirs, stem = _ready_stem(stems)
-        stems.detached("--name", "second", "-m", "64m", "/bin/sleep", "1000")
-        second = stems.call("container.inspect", id="second")
-        assert not [d for d in spare_dirs if os.path.exists(d)]  # renamed: second's now
-        assert sorted(second["cgroup"]) == sorted(
-            os.path.join(os.path.dirname(d), second["id"]) for d in spare_dirs)
-        _until(lambda: not harness.alive(stem))  # the stem left after cloning the init
-        for d in second["cgroup"]:
-            assert Path(d, "cgroup.procs").read_text().split() == [str(second["pid"])]
-        memory = [d for d in second["cgroup"] if "/memory/" in d]
-        assert Path(memory[0], "memory.limit_in_bytes").read_text().strip() == str(64 * MiB)
-        _ready_stem(stems)  # and the next one is made
-        assert stems("rm", "-f", "first", "second").returncode == 0
-
-    def test_a_killed_stem_does_not_stop_starts(self, stems: Limited) -> None:
-        assert stems("run", "--rm", "--rootfs", str(stems.rootfs), "/bin/true").returncode == 0
-        _, stem = _ready_stem(stems)
-        os.kill(stem, signal.SIGKILL)
-        _until(lambda: not harness.alive(stem))
-        result = stems("run", "--rm", "--rootfs", str(stems.rootfs), "/bin/sh", "-c",
-                       "cat /proc/self/cgroup")
-        assert result.returncode == 0, result.stderr
-        assert "memory:/" in result.stdout
-
-    def test_a_pids_limited_container_leaves_the_stem(self, stems: Limited) -> None:
-        """The stem would count against pids.max until it exits: such a start moves
-        its init by pid, and the stem waits on."""
-        assert stems("run", "--rm", "--rootfs", str(stems.rootfs), "/bin/true").returncode == 0
-        spare_dirs, stem = _ready_stem(stems)
-        result = stems("run", "--rm", "--pids-limit", "1", "--rootfs", str(stems.rootfs),
-                       "/bin/true")
-        assert result.returncode == 0, result.stderr
-        assert all(os.path.isdir(d) for d in spare_dirs) and harness.alive(stem)
+class TestMembership:
+    def test_init_and_exec_are_in_every_cgroup_of_the_container(self, limited: Limited) -> None:
+        """The init is in the container's cgroup in each hierarchy before it runs the
+        command (v2: cloned into it; v1: it moved itself, or was moved by pid in a
+        user namespace), and so is a process started by exec (with the joiner that
+        waits for it)."""
+        limited.detached("--name", "member", "-m", "64m", "/bin/sleep", "1000")
+        doc = limited.call("container.inspect", id="member")
+        exec_ = subprocess.Popen(limited.command("exec", "member", "/bin/sleep", "1000"),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            def members() -> list[set[int]] | None:
+                found = [{int(p) for p in Path(d, "cgroup.procs").read_text().split()}
+                         for d in doc["cgroup"]]
+                return found if all(len(pids) == 3 for pids in found) else None
+            found = _until(members, timeout=10)
+            assert all(doc["pid"] in pids for pids in found)
+            assert len({frozenset(pids) for pids in found}) == 1  # the same ones everywhere
+        finally:
+            exec_.kill()
+            exec_.wait()
+        seen = limited("exec", "member", "/bin/cat", "/proc/self/cgroup").stdout
+        assert seen and all(line.endswith(":/") for line in seen.splitlines()
+                            if "memory" in line or line.startswith("0::"))
+        assert limited("rm", "-f", "member").returncode == 0
 
 
 class TestWithoutCgroups:
