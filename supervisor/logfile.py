@@ -28,6 +28,7 @@ across rotations. Errors are plain :class:`ValueError` (bad options) and
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import itertools
@@ -166,8 +167,32 @@ _ASCII_JSON = json.JSONEncoder(separators=(",", ":"))
 _JSON = json.JSONDecoder()
 
 
+# what bytes.translate deletes to leave only the control characters JSON escapes
+# other than the newline (\t, \r, \x1b, ...): their text takes the json path
+_ALL_BUT_CONTROLS_OTHER_THAN_NEWLINE = b"\n" + bytes(range(0x20, 0x100))
+# bytes -> bytes with \\, \n, \' and \xNN escapes (the "escape" codec's encoder, in C)
+_escape_encode = getattr(codecs, "escape_encode", None)
+
+
 def encode_record(stream: str, data: bytes, time_ns: int) -> bytes:
-    """One record as a JSON line; non-UTF-8 bytes travel as escaped lone surrogates."""
+    """One record as a JSON line; non-UTF-8 bytes travel as escaped lone surrogates.
+
+    ASCII text whose only control character is the newline (most output) is escaped
+    without json, to the same bytes json writes: that escaper was the log pump's main
+    cost (~450 MiB/s). Three bytes.replace passes run at GB/s, unless newlines are
+    dense (short lines, judged from the first 512 bytes): then the C escaper of the
+    "escape" codec is 4x faster than a replace of each newline, where its escapes are
+    JSON's (no quote, no DEL)."""
+    if data.isascii() and not data.translate(None, _ALL_BUT_CONTROLS_OTHER_THAN_NEWLINE):
+        if (data.count(b"\n", 0, 512) > 16 and _escape_encode is not None
+                and b'"' not in data and b"'" not in data and b"\x7f" not in data):
+            text = _escape_encode(data)[0]
+        else:
+            text = (data.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+                    .replace(b"\n", b"\\n"))
+        end = b'"}\n' if data.endswith(b"\n") else b'","partial":true}\n'
+        return b"".join((b'{"time":"', format_time(time_ns).encode(), b'","stream":"',
+                         stream.encode(), b'","log":"', text, end))
     record: dict[str, object] = {
         "time": format_time(time_ns), "stream": stream,
         "log": data.decode("utf-8", "surrogateescape")}

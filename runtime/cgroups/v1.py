@@ -228,7 +228,10 @@ class V1Cgroup:
                     os.kill(pid, sig)
         finally:
             if frozen:
-                self.thaw()
+                # removed meanwhile (its init exited and the run's teardown took it):
+                # nothing is left frozen
+                with contextlib.suppress(FileNotFoundError):
+                    self.thaw()
 
     def freeze(self) -> None:
         state = self._f("freezer", "freezer.state")

@@ -27,3 +27,12 @@ def test_v2_or_a_mix_or_nothing_gives_none(tmp_path: Path) -> None:
     assert tasks_files((_cgroup(tmp_path, "unified", False),)) == ()
     assert tasks_files((_cgroup(tmp_path, "a", True), _cgroup(tmp_path, "b", False))) == ()
     assert tasks_files(()) == ()
+
+
+def test_killing_a_v1_cgroup_that_is_gone_does_nothing(tmp_path: Path) -> None:
+    """A kill racing the run's teardown (rm -f of a container between two restarts)
+    finds its directories gone: nothing to signal, nothing left frozen, no error."""
+    from runtime.cgroups.v1 import V1Cgroup
+
+    gone = {c: str(tmp_path / c / "ctr") for c in ("freezer", "memory", "pids")}
+    V1Cgroup(gone).kill()

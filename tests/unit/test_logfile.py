@@ -134,6 +134,21 @@ class TestRecord:
         assert whole == {"time": format_time(T0), "stream": "stdout", "log": "a\nb\n"}
         assert partial["partial"] is True
 
+    def test_fast_escaping_writes_what_json_writes(self) -> None:
+        """ASCII output is escaped without the json module (two ways: sparse and dense
+        newlines); the bytes are the same as json's, for every mix of quotes,
+        backslashes, newlines and other controls."""
+        rng = random.Random(7)
+        alphabets = (b'ab "\'\\\n\t\r\x01\x1f\x7f/', b"ab\\\n", b"y\n", b"abcdefgh\n")
+        for _ in range(5000):
+            alphabet = rng.choice(alphabets)
+            data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
+            record = {"time": format_time(T0), "stream": "stdout", "log": data.decode()}
+            if not data.endswith(b"\n"):
+                record["partial"] = True
+            expected = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            assert encode_record("stdout", data, T0) == expected.encode() + b"\n", data
+
     def test_utf8_stays_readable(self) -> None:
         """Valid UTF-8 is stored as itself, not as \\u escapes."""
         assert "é".encode() in encode_record("stdout", "café\n".encode(), T0)
