@@ -86,7 +86,7 @@ def serve(sock: socket.socket) -> None:
     the only holder): then the loop ends. No PDEATHSIG: the zygote outlives a killed
     supervisor for as long as it takes to remove the container cgroups it left."""
     # What the zygote holds now stays: out of the collector's sight, its pages stay
-    # shared with every init and stem forked from here (no collection writes them).
+    # shared with every init forked from here (no collection writes them).
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
