@@ -134,8 +134,9 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
           plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = (),
           wait_ready: bool = True) -> InitProcess:
     """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
-    for Placed); the parent moves it into ``cgroup_procs``, writes the maps of ``plan``,
-    sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
+    for Placed); it is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or
+    the parent moves it (v1 with a new user namespace); the parent writes the maps of
+    ``plan``, sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
     and its pid put on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
     into = _cgroup_fd(cgroup_procs)
