@@ -52,8 +52,8 @@ from bench.image_bench import report_sections
 from bench.start_latency import (
     BenchError,
     ToolFailed,
+    median,
     percentile,
-    ratio,
     remove_work,
     report_failure,
     round_robin_order,
@@ -63,6 +63,7 @@ from bench.supervisor_bench import (
     Section,
     bench_parser,
     check_output,
+    comparison,
     meets,
     open_supervisor,
     parse_sections,
@@ -130,10 +131,6 @@ def parse_iperf3(text: str) -> IperfResult:
                        cpu.get("remote_total"), float(received.get("seconds") or 0.0))
 
 
-def median_of(values: Sequence[float]) -> float | None:
-    return percentile(values, 50) if values else None
-
-
 def throughput_row(name: str, results: Sequence[IperfResult], forwarder_cpu: Sequence[float] = (),
                    note: str = "") -> Row:
     """Median Gbit/s of ``results`` with p10/p90, retransmits and CPU in the detail."""
@@ -143,17 +140,17 @@ def throughput_row(name: str, results: Sequence[IperfResult], forwarder_cpu: Seq
     parts = [f"p10 {percentile(gbits, 10):.2f}  p90 {percentile(gbits, 90):.2f}  n={len(gbits)}"]
     retrans = [r.retransmits for r in results if r.retransmits is not None]
     if retrans:
-        parts.append(f"retr {int(median_of(retrans) or 0)}")
+        parts.append(f"retr {int(median(retrans))}")
     cpu = [(r.client_cpu, r.server_cpu) for r in results
            if r.client_cpu is not None and r.server_cpu is not None]
     if cpu:
-        parts.append(f"cpu client {median_of([c for c, _ in cpu]):.0f}% "
-                     f"server {median_of([s for _, s in cpu]):.0f}%")
+        parts.append(f"cpu client {median([c for c, _ in cpu]):.0f}% "
+                     f"server {median([s for _, s in cpu]):.0f}%")
     if forwarder_cpu:
-        parts.append(f"slirp4netns {median_of(forwarder_cpu):.0f}%")
+        parts.append(f"slirp4netns {median(forwarder_cpu):.0f}%")
     if note:
         parts.append(note)
-    return Row(name, "TCP throughput (median)", median_of(gbits), "Gbit/s", "; ".join(parts),
+    return Row(name, "TCP throughput (median)", median(gbits), "Gbit/s", "; ".join(parts),
                tuple(gbits))
 
 
@@ -164,9 +161,9 @@ def latency_rows(name: str, samples: Sequence[tuple[float, float]]) -> list[Row]
         return [Row(name, "connect + 1-byte echo (median)", None, "ms", "no samples")]
     connect_ms = [c * 1000 for c, _ in samples]
     echo_ms = [e * 1000 for _, e in samples]
-    return [Row(name, "connect + 1-byte echo (median)", median_of(echo_ms), "ms",
+    return [Row(name, "connect + 1-byte echo (median)", median(echo_ms), "ms",
                 f"p10 {percentile(echo_ms, 10):.3f}  p90 {percentile(echo_ms, 90):.3f}  "
-                f"n={len(echo_ms)}; connect() alone {median_of(connect_ms):.3f} ms",
+                f"n={len(echo_ms)}; connect() alone {median(connect_ms):.3f} ms",
                 tuple(echo_ms))]
 
 
@@ -176,13 +173,13 @@ def comparisons_and_targets(rows: Sequence[Row], pairs: Sequence[tuple[str, str]
                                        tuple[tuple[str, bool | None], ...]]:
     """``name/baseline`` ratios for ``pairs`` whose name has a row, and a target each:
     at least ``factor`` (``higher``) or at most ``factor``."""
-    values = {row.tool: row.value for row in rows}
+    tools = {row.tool for row in rows}
     comparisons, targets = [], []
     for name, baseline in pairs:
-        if name not in values:
+        if name not in tools:
             continue
-        value = ratio(values.get(name), values.get(baseline))
-        comparisons.append((f"{name}/{baseline}", value))
+        label, value = comparison(rows, name, baseline)
+        comparisons.append((label, value))
         bound = f">= {factor:.2f}x" if higher else f"<= {factor:.2f}x"
         targets.append((f"{name} {bound} {baseline}", meets(value, 1.0, factor, higher)))
     return tuple(comparisons), tuple(targets)

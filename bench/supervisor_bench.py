@@ -1118,16 +1118,12 @@ def parse_sections(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.supervisor_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    args = parse_sections(parser, argv, SECTIONS)
-    return args
+    return parse_sections(bench_parser("supervisor_bench", __doc__), argv, SECTIONS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = sized(args, FULL, QUICK)
     notes: list[str] = []
     try:
         sections = benchmark(sizes, args.only, notes)

@@ -139,9 +139,10 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
     ``plan``, sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
     and its pid put on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
-    into = _cgroup_fd(cgroup_procs)
-    # cgroup v1 and no new user namespace: the child moves itself (see join_self)
-    tasks = () if into is not None or flags & libc.CLONE_NEWUSER else tasks_files(cgroup_procs)
+    tasks = tasks_files(cgroup_procs)  # cgroup v1
+    into = None if tasks else _cgroup_fd(cgroup_procs)  # cgroup v2
+    if flags & libc.CLONE_NEWUSER:  # the child cannot write the host's cgroup files
+        tasks = ()  # (then the parent moves it by pid)
     with stdio_for_child(stdio):
         try:
             pid, pidfd = libc.clone3(flags, into)
@@ -195,7 +196,7 @@ def stdio_for_child(stdio: tuple[int, int, int] | None) -> Iterator[None]:
 
 
 def _cgroup_fd(procs_files: tuple[str, ...]) -> int | None:
-    """With one cgroup (cgroup v2), the child is cloned straight into it
+    """With one cgroup v2 cgroup, the child is cloned straight into it
     (CLONE_INTO_CGROUP): no migration afterwards, whose write lock costs an RCU grace
     period (~15 ms measured on a v1 host). v1 cgroups are joined by the child itself
     (:func:`join_self`), or by pid when it is in a new user namespace."""
@@ -225,31 +226,34 @@ def join_self(tasks: tuple[str, ...], channel: Channel) -> None:
     The current thread moving itself needs no such lock (it cannot exit or exec under
     the kernel's hands): 0.2-0.5 ms. cgroup v2 clones into the cgroup instead
     (CLONE_INTO_CGROUP). On failure the child reports and exits."""
-    for path in tasks:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                channel.send(SetupFailed(exc.errno or 0, "cannot move the container into "
-                                         f"its cgroup ({os.path.dirname(path)}): {exc.strerror}"))
-            os._exit(125)
+    try:
+        _move_into(tasks, b"0")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            channel.send(SetupFailed(exc.errno or 0, exc.strerror or str(exc)))
+        os._exit(125)
 
 
 def join_cgroups(pid: int, procs_files: tuple[str, ...]) -> None:
-    for path in procs_files:
+    try:
+        _move_into(procs_files, str(pid).encode())
+    except OSError as exc:
+        raise HostError(exc.strerror or str(exc)) from None
+
+
+def _move_into(files: tuple[str, ...], who: bytes) -> None:
+    """Write ``who`` (a pid, or "0": the calling thread) to each cgroup file; an
+    OSError's strerror says which cgroup refused."""
+    for path in files:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, str(pid).encode())
+                os.write(fd, who)
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise HostError(f"cannot move the container into its cgroup "
-                            f"({os.path.dirname(path)}): {exc.strerror}") from None
+            raise OSError(exc.errno, "cannot move the container into its cgroup "
+                          f"({os.path.dirname(path)}): {exc.strerror}") from None
 
 
 def place(process: InitProcess, plan: IdMapPlan | None) -> None:

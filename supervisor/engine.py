@@ -34,6 +34,7 @@ from supervisor.restart import (
     StartFailed,
     restart_on_boot,
     run_with_restarts,
+    should_restart,
 )
 from supervisor.run_options import CreateOptions, create_options
 from supervisor.spawner import Spawner
@@ -472,20 +473,15 @@ class Supervisor:
                         watcher.check()
                         oom_killed = watcher.oom_killed
                         watching.cancel()
-            except BaseException:
-                writer.close()
+            finally:
+                writer.close()  # the log holds every byte now: the exit may be told
                 self.known_children.discard(init.pid)
-                with trio.CancelScope(shield=True):
-                    await self._drop_cgroup(c)
-                raise
-            writer.close()  # the log holds every byte now: the exit may be told
-            self.known_children.discard(init.pid)
             self._exit(c, code, oom_killed)
-            if c.options.restart.name == "no":
-                c.stopped.set()  # nothing restarts it: a wait answers before the teardown
+            if not should_restart(c.options.restart, code, 0, c.record.manually_stopped):
+                c.stopped.set()  # no restart can be due: a wait answers before the teardown
+        finally:
             with trio.CancelScope(shield=True):
                 await self._drop_cgroup(c)
-        finally:
             # Closed only once the exit is recorded: until then a stop or kill that
             # arrives finds an init that is gone (signals are no-ops), not an error.
             close_quietly(init.pidfd)

@@ -160,9 +160,8 @@ class NetworkManager:
         network = self.get(name)
         leases = self.db.execute("SELECT container, address FROM leases WHERE network = ?",
                                  (name,)).fetchall()
-        running = self.members.get(name, {})
         return {**network.to_json(), "containers": {
-            cid: {"address": address, "running": cid in running or cid in self.attached}
+            cid: {"address": address, "running": cid in self.attached}
             for cid, address in leases}}
 
     # --- start-up and leases --------------------------------------------------------

@@ -56,8 +56,6 @@ MAX_IN_MEMORY = 64 << 20  # all of them together; beyond, members go to the blob
 MAX_LINK_HOPS = 16
 CHUNK = 1 << 20
 
-INDEX_MEDIA_TYPES = INDEXES
-MANIFEST_MEDIA_TYPES = MANIFESTS
 LAYER_MEDIA_TYPES = (LAYER_MEDIA_TYPE, LAYER_GZIP_MEDIA_TYPE,
                      "application/vnd.docker.image.rootfs.diff.tar.gzip",
                      "application/vnd.oci.image.layer.nondistributable.v1.tar",
@@ -371,7 +369,7 @@ def _manifests(members: _Members, index: Any,
         annotations = descriptor.get("annotations") or {}
         name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME)
         media_type = descriptor.get("mediaType", MANIFEST_MEDIA_TYPE)
-        if media_type in INDEX_MEDIA_TYPES:
+        if media_type in INDEXES:
             if depth >= 2:
                 raise ArchiveError("index.json: indexes nested too deep")
             try:
@@ -385,7 +383,7 @@ def _manifests(members: _Members, index: Any,
             if not amd64:
                 raise ArchiveError("index.json: no linux/amd64 image")
             yield amd64[0], name
-        elif media_type in MANIFEST_MEDIA_TYPES:
+        elif media_type in MANIFESTS:
             yield descriptor, name
         else:
             raise ArchiveError(f"index.json: unsupported media type {media_type!r}")
