@@ -20,8 +20,9 @@ from typing import Any
 
 import asyncclick as click
 
-EXIT_MYCTR_ERROR = 125
-STATUS_WIDTH = 36
+from supervisor import quick
+from supervisor.quick import EXIT_MYCTR_ERROR
+
 _supervised = False  # set by supervise: main() then exits the ordinary way
 
 
@@ -48,46 +49,12 @@ def _client(paths: Any) -> Any:
     return connect(paths)
 
 
-# Resource flags as docker spells them; values go to the supervisor as typed.
-RESOURCE_FLAGS = (
-    ("memory", ("-m", "--memory"), "Memory limit (e.g. 64m, 1g)."),
-    ("memory_swap", ("--memory-swap",), "Memory plus swap limit; -1: unlimited swap."),
-    ("memory_reservation", ("--memory-reservation",), "Memory soft limit."),
-    ("cpus", ("--cpus",), "Number of CPUs (e.g. 0.5, 1.5)."),
-    ("cpu_period", ("--cpu-period",), "CPU CFS period in µs."),
-    ("cpu_quota", ("--cpu-quota",), "CPU CFS quota in µs."),
-    ("cpu_shares", ("-c", "--cpu-shares"), "CPU shares (relative weight)."),
-    ("cpuset_cpus", ("--cpuset-cpus",), "CPUs to run on (e.g. 0-1,3)."),
-    ("cpuset_mems", ("--cpuset-mems",), "Memory nodes to use."),
-    ("pids_limit", ("--pids-limit",), "Process limit; -1: unlimited."),
-    ("blkio_weight", ("--blkio-weight",), "Block IO weight, 10-1000."),
-)
-
-
-DEVICE_THROTTLES = (
-    ("device_read_bps", "--device-read-bps", "Read rate limit, DEVICE:RATE (e.g. /dev/sda:1mb)."),
-    ("device_write_bps", "--device-write-bps", "Write rate limit, DEVICE:RATE."),
-    ("device_read_iops", "--device-read-iops", "Read IO/s limit, DEVICE:N."),
-    ("device_write_iops", "--device-write-iops", "Write IO/s limit, DEVICE:N."),
-)
-
-
 def _resource_options(f: Any) -> Any:
-    for key, flag, text in reversed(DEVICE_THROTTLES):
+    for key, flag, text in reversed(quick.DEVICE_THROTTLES):
         f = click.option(flag, key, multiple=True, help=text)(f)
-    for key, flags, text in reversed(RESOURCE_FLAGS):
+    for key, flags, text in reversed(quick.RESOURCE_FLAGS):
         f = click.option(*flags, key, help=text)(f)
     return f
-
-
-def _resources(opts: dict[str, Any]) -> dict[str, Any]:
-    found: dict[str, Any] = {key: opts.pop(key) for key, _, _ in RESOURCE_FLAGS
-                             if opts.get(key) is not None}
-    for key, _, _ in DEVICE_THROTTLES:
-        values = opts.pop(key, ())
-        if values:
-            found[key] = list(values)
-    return found
 
 
 def _run_options(f: Any) -> Any:
@@ -150,82 +117,14 @@ def _run_options(f: Any) -> Any:
     return _resource_options(f)
 
 
-def _create_params(opts: dict[str, Any]) -> dict[str, Any]:
-    """Flags to create params; what only the client can know (its environment, its
-    files, its working directory) is resolved here, the rest by the supervisor."""
-    params: dict[str, Any] = {
-        "command": list(opts["command"]), "env": _env(opts["env_file"], opts["env"]),
-        "read_only": opts["read_only"],
-        "tty": opts["tty"], "interactive": opts["interactive"],
-        "init": opts["use_init"], "auto_remove": opts["auto_remove"],
-        "restart": opts["restart"], "restart_delay": opts["restart_delay"],
-        "restart_max_delay": opts["restart_max_delay"],
-    }
-    if opts["cgroups"] != "enabled":
-        params["cgroups"] = opts["cgroups"]
-    resources = _resources(opts)
-    if resources:
-        params["resources"] = resources
-    if opts["rootfs"]:
-        params["rootfs"] = os.path.abspath(opts["rootfs"])
-    elif params["command"]:  # run [OPTIONS] IMAGE [COMMAND [ARG...]]
-        params["image"] = params["command"].pop(0)
-    else:
-        raise click.UsageError("give an IMAGE (or --rootfs DIR) and a command")
-    if opts["workdir"] is not None:
-        params["workdir"] = opts["workdir"]
-    if opts["stop_signal"]:
-        params["stop_signal"] = opts["stop_signal"]
-    if opts["network"]:
-        params["network"] = opts["network"]
-    for key, name in (("publish", "publish"), ("dns", "dns"), ("dns_search", "dns_search"),
-                      ("add_host", "add_hosts"), ("network_alias", "network_aliases")):
-        if opts[key]:
-            params[name] = list(opts[key])
-    if opts["publish_all"]:
-        params["publish_all"] = True
-    if opts["entrypoint"] is not None:  # docker: one word; "" clears the image's
-        params["entrypoint"] = [opts["entrypoint"]] if opts["entrypoint"] else []
-    for key, flag in (("name", "name"), ("hostname", "hostname"), ("user", "user"),
-                      ("init_path", "init_path")):
-        if opts[flag] is not None:
-            params[key] = opts[flag]
-    for key, flag in (("cap_add", "cap_add"), ("cap_drop", "cap_drop"), ("volumes", "volume"),
-                      ("tmpfs", "tmpfs"), ("ulimits", "ulimit"),
-                      ("security_opt", "security_opt"), ("uidmap", "uidmap"),
-                      ("gidmap", "gidmap"), ("group_add", "group_add"),
-                      ("log_opts", "log_opt")):
-        if opts[flag]:
-            params[key] = list(opts[flag])
-    return params
-
-
-def _env(env_files: tuple[str, ...], values: tuple[str, ...]) -> list[str]:
-    """``--env-file`` then ``-e``, merged (runtime.options, ~2 ms of imports, only when
-    there are some)."""
-    if not env_files and not values:
-        return []
-    from runtime import options
-
-    from_files = [e for path in env_files for e in options.read_env_file(path)]
-    env = [e for e in (options.parse_env(v) for v in values) if e is not None]
-    return list(options.merge_env(from_files, env))
-
-
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
 @_run_options
 @click.pass_obj
 async def run(paths: Any, detach: bool, **opts: Any) -> int:
     """Run a command in a new container."""
-    params = _create_params(opts)
-    client = _client(paths)
-    if detach:
-        click.echo(client.call("container.run", params)["id"])
-        return 0
-    from supervisor.attach import run_attached
-
-    return run_attached(client, params, opts["interactive"], opts["tty"])
+    params = quick.create_params(opts)  # before connecting: a usage error starts nothing
+    return quick.run(_client(paths), {**opts, "detach": detach}, params)
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -233,7 +132,7 @@ async def run(paths: Any, detach: bool, **opts: Any) -> int:
 @click.pass_obj
 async def create(paths: Any, **opts: Any) -> int:
     """Create a container without starting it."""
-    click.echo(_client(paths).call("container.create", _create_params(opts))["id"])
+    click.echo(_client(paths).call("container.create", quick.create_params(opts))["id"])
     return 0
 
 
@@ -312,7 +211,7 @@ async def unpause(paths: Any, containers: tuple[str, ...]) -> int:
 @click.pass_obj
 async def update(paths: Any, containers: tuple[str, ...], **opts: Any) -> int:
     """Change the resource limits of containers (live, and for later runs)."""
-    resources = _resources(opts)
+    resources = quick.take_resources(opts)
     if not resources:
         raise click.UsageError("update: give at least one limit (--memory, --cpus, ...)")
     return _each(paths, "container.update", containers, resources=resources)
@@ -414,19 +313,8 @@ async def top(paths: Any, container: str) -> int:
 @click.pass_obj
 async def ps(paths: Any, show_all: bool, quiet: bool, fmt: str, external: bool) -> int:
     """List containers."""
-    rows = _client(paths).call("container.list", {"all": show_all, "external": external})
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
-    elif quiet:
-        for row in rows:
-            click.echo(row["id"][:12])
-    else:
-        click.echo(f"{'CONTAINER ID':<14}{'NAME':<24}{'STATUS':<{STATUS_WIDTH}}{'PID':>8}  COMMAND")
-        for row in rows:
-            click.echo(f"{row['id'][:12]:<14}{row['name']:<24}"
-                       f"{row['status_text']:<{STATUS_WIDTH}}{row['pid'] or '':>8}  "
-                       f"{' '.join(row['command'])}")
-    return 0
+    return quick.ps(_client(paths), {"show_all": show_all, "quiet": quiet, "fmt": fmt,
+                                     "external": external})
 
 
 @cli.command()
@@ -1113,13 +1001,33 @@ def main() -> None:
     code = _invoke(sys.argv[1:])
     if _supervised:  # the supervisor's own exit stays the ordinary one
         sys.exit(code)
-    # A client: nothing of ours needs the interpreter's teardown (module and object
-    # freeing, ~8 ms); only what stdio still buffers. A failing flush exits 120, as
-    # the interpreter's own would.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # None: started with that fd closed
-                stream.flush()
-        except OSError:
-            code = 120
-    os._exit(code)
+    quick.exit_now(code)
+
+
+def parse_for_quick(argv: list[str]) -> dict[str, Any]:
+    """The supervisor's side of the quick path (method ``cli.parse``): parse a quick
+    verb's ``argv`` with its click command, for the client to run the verb's body on.
+
+    The result: ``{"verb", "params"}``; or ``{"output", "exit_code"}`` for ``--help``.
+    A usage error raises SpecError with click's message (the client prints it as
+    ``myctr: ...`` and exits 125, as the full CLI does).
+    """
+    import contextlib
+    import io
+
+    from runtime.errors import SpecError
+
+    if not argv or argv[0] not in quick.VERBS:
+        raise SpecError(f"not a quick verb: {argv[:1]}")
+    verb = argv[0]
+    command = cli.commands[verb]
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):  # --help prints (and the loop is ours)
+            ctx = _drive(command.make_context(
+                verb, list(argv[1:]), parent=click.Context(cli, info_name="myctr")))
+    except click.exceptions.Exit as done:
+        return {"output": output.getvalue(), "exit_code": done.exit_code}
+    except click.UsageError as exc:
+        raise SpecError(exc.format_message()) from None
+    return {"verb": verb, "params": ctx.params}

@@ -66,7 +66,7 @@ class ControlServer:
         self.shutdown = shutdown
         self.connections = 0
         self.methods: dict[str, Callable[..., Awaitable[Any]]] = {
-            "ping": self.ping, "info": self.info,
+            "ping": self.ping, "info": self.info, "cli.parse": self.cli_parse,
             "container.create": self.create, "container.start": self.start,
             "container.run": self.run, "container.stop": self.stop,
             "container.restart": self.restart, "container.kill": self.kill,
@@ -184,6 +184,14 @@ class ControlServer:
         return {**self.info_doc, "containers": len(self.sup.containers),
                 "running": self.sup.active_count(), "cgroups": self.sup.cgroups.info(),
                 "network": _network_info(self.sup.default_network)}
+
+    async def cli_parse(self, params: dict[str, Any]) -> dict[str, Any]:
+        argv = params.get("argv")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise protocol.RpcError(protocol.INVALID_PARAMS, "argv: a list of strings")
+        from supervisor.cli import parse_for_quick
+
+        return parse_for_quick(argv)
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         c = await self.sup.create(params)

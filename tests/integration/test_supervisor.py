@@ -7,10 +7,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from supervisor import cli
 from tests.integration import harness
 from tests.integration.harness import Myctr
 
@@ -324,3 +328,56 @@ class TestSupervisorLife:
         assert isinstance(reply, dict)
         pid = reply["result"]["pid"]
         _until(lambda: not harness.alive(pid), timeout=10)
+
+
+class TestQuickPath:
+    """With a supervisor up, run and ps skip asyncclick: the supervisor parses their
+    arguments (cli.parse) with the same click commands."""
+
+    QUICK = ("import sys; from supervisor import quick;"
+             "code = quick.quick(sys.argv[1:]); sys.stdout.flush();"
+             "print('quick', code, 'asyncclick' in sys.modules)")
+
+    def _quick(self, myctr: Myctr, *args: str) -> harness.Result:
+        """``quick.quick(args)`` in a process of its own, as the test's user."""
+        command = myctr.command(*args)
+        at = command.index("-m")
+        command[at:at + 2] = ["-c", self.QUICK]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        return harness.Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def test_run_and_ps_take_it(self, myctr: Myctr) -> None:
+        assert myctr("info").returncode == 0  # the supervisor is up
+        ran = self._quick(myctr, "run", "--rm", "--rootfs", str(myctr.rootfs), "/bin/echo",
+                          "hello")
+        assert ran.stdout.splitlines() == ["hello", "quick 0 False"], ran
+        listed = self._quick(myctr, "ps", "-a", "-q")
+        assert listed.stdout.splitlines() == ["quick 0 False"], listed
+        failed = self._quick(myctr, "run", "--rm", "--rootfs", str(myctr.rootfs), "sh", "-c",
+                             "exit 7")
+        assert failed.stdout.splitlines() == ["quick 7 False"], failed
+
+    def test_same_errors_and_help_as_the_full_cli(self, myctr: Myctr,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+        assert myctr("info").returncode == 0
+        for args, code in ((["run", "--bogus"], 125), (["run", "--restart-delay", "x"], 125),
+                           (["run"], 125), (["ps", "--format", "yaml"], 125),
+                           (["run", "--help"], 0)):
+            assert cli._invoke(args) == code
+            full = capsys.readouterr()
+            quick_ = myctr(*args)
+            assert (quick_.returncode, quick_.stdout, quick_.stderr) == (
+                code, full.out, full.err), args
+            assert quick_.stderr.count("\n") == (1 if code else 0)
+
+    def test_parse_method_rejects_bad_params(self, myctr: Myctr) -> None:
+        assert myctr("info").returncode == 0
+        path = str(myctr.state_root / "run" / "control.sock")
+        for params in (b'{}', b'{"argv":"run"}', b'{"argv":[1]}'):
+            reply = _exchange(path, b'{"jsonrpc":"2.0","id":1,"method":"cli.parse",'
+                                    b'"params":' + params + b"}\n")
+            assert reply["error"]["code"] == -32602, reply
+        reply = _exchange(path, b'{"jsonrpc":"2.0","id":1,"method":"cli.parse",'
+                                b'"params":{"argv":["supervise","--stop"]}}\n')
+        assert "not a quick verb" in reply["error"]["message"]
