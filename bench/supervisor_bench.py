@@ -11,7 +11,8 @@ Sections (``--only`` takes their names; ``--quick`` shrinks every count)::
     memory   N idle containers of ``sleep 1000``: growth of the supervisor's and its
              zygote's RSS, of kernel+anonymous memory and of MemAvailable; conmon's RSS
     logs     a container writing 200 MiB of 101-byte lines, then 20 MiB of 2-byte
-             lines: myctr's log, crun/runc writing to a file, podman's default log
+             lines (from ``yes | head`` and from ``cat`` of a file): myctr's log,
+             crun/runc writing to a file, podman's default log
     restart  --restart always of /bin/false: the gap from a death to the next start
     ps       a cold ``myctr ps`` against a running supervisor, ``podman ps``, ``crun list``
 
@@ -764,12 +765,18 @@ class LogRun(NamedTuple):
     kind: str  # where the output went
 
 
+SMALL_LINES_FILE = "small-lines"  # in the rootfs: the cat case's input
+
+
 def measure_logs(bench: Bench) -> Section:
     sizes = bench.sizes
+    small_mib = sizes.small_log // MIB
     cases = [("big", f"{sizes.big_log // MIB} MiB, 101-byte lines", sizes.big_log,
               ["/bin/sh", "-c", f"yes {LINE_100} | head -c {sizes.big_log}"]),
-             ("small", f"{sizes.small_log // MIB} MiB, 2-byte lines", sizes.small_log,
-              ["/bin/sh", "-c", f"yes | head -c {sizes.small_log}"])]
+             ("small", f"{small_mib} MiB, 2-byte lines", sizes.small_log,
+              ["/bin/sh", "-c", f"yes | head -c {sizes.small_log}"]),
+             ("small-cat", f"{small_mib} MiB, 2-byte lines, cat", sizes.small_log,
+              ["/bin/cat", f"/{SMALL_LINES_FILE}"])]
     writers: dict[str, Callable[[Sequence[str], int], LogRun]] = {
         "myctr": functools.partial(log_myctr, bench)}
     for oci in bench.oci:
@@ -778,18 +785,23 @@ def measure_logs(bench: Bench) -> Section:
         writers["podman"] = functools.partial(log_podman, bench, bench.podman)
     rows: list[Row] = []
     log_files: list[Row] = []  # the small-lines case's log sizes
-    for key, label, size, command in cases:
-        progress(f"logs: {label}, {sizes.log_runs} run(s) per tool")
-        runs: dict[str, list[LogRun]] = {tool: [] for tool in writers}
-        for iteration in range(sizes.log_runs):
-            for tool in round_robin_order(list(writers), iteration):
-                runs[tool].append(writers[tool](command, size))
-        rows += [log_row(tool, label, size, done) for tool, done in runs.items()]
-        if key == "small":
-            log_files = [log_file_row(tool, label, size, done[-1])
-                         for tool, done in runs.items() if done[-1].log_bytes is not None]
+    lines_file = bench.rootfs / SMALL_LINES_FILE
+    lines_file.write_bytes(b"y\n" * (sizes.small_log // 2))
+    try:
+        for key, label, size, command in cases:
+            progress(f"logs: {label}, {sizes.log_runs} run(s) per tool")
+            runs: dict[str, list[LogRun]] = {tool: [] for tool in writers}
+            for iteration in range(sizes.log_runs):
+                for tool in round_robin_order(list(writers), iteration):
+                    runs[tool].append(writers[tool](command, size))
+            rows += [log_row(tool, label, size, done) for tool, done in runs.items()]
+            if key == "small":
+                log_files = [log_file_row(tool, label, size, done[-1])
+                             for tool, done in runs.items() if done[-1].log_bytes is not None]
+    finally:
+        lines_file.unlink()
     rows += log_files
-    big, small = cases[0][1], cases[1][1]
+    big, small, small_cat = (label for _key, label, _size, _command in cases)
     ratios = [comparison(rows, "myctr", other, label, f"{key}:")
               for key, label, _size, _command in cases
               for other in ("crun-file", "runc-file", "podman")
@@ -802,12 +814,15 @@ def measure_logs(bench: Bench) -> Section:
         "which comes once the log pump drained; crun/runc: whole `run` with stdout "
         "redirected to a file; podman: `run -d` spawn to `podman wait` return, default log "
         "driver. MiB/s = bytes written by the container / median time; each includes its "
-        "start",
+        "start. Small lines twice: from `yes | head -c`, which itself tops out near "
+        "120 MiB/s here (crun writing straight to a file gets no more), and from `cat` of a "
+        "file of the same bytes in the rootfs, which leaves the log path as the limit: the "
+        "small-line target is judged on the latter",
         tuple(rows), tuple(ratios),
         (("myctr >= 0.8x crun-file (big lines)",
           meets(value_of(rows, "myctr", big), value_of(rows, "crun-file", big), 0.8)),
-         ("myctr >= 10x podman (small lines)",
-          meets(value_of(rows, "myctr", small), value_of(rows, "podman", small), 10))))
+         ("myctr >= 10x podman (small lines, cat)",
+          meets(value_of(rows, "myctr", small_cat), value_of(rows, "podman", small_cat), 10))))
 
 
 def log_row(tool: str, label: str, size: int, runs: Sequence[LogRun]) -> Row:

