@@ -13,6 +13,7 @@ catatonit bind-mounted as PID 1).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 # Records are typing.NamedTuple rather than frozen dataclasses: the same immutable,
@@ -144,6 +145,7 @@ _ANNOTATION_INIT = "io.myctr.init"
 _ANNOTATION_GROUP_ADD = "io.myctr.group-add"
 
 
+@functools.lru_cache(maxsize=None)  # a few dozen field names, each converted per spec
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
