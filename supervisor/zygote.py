@@ -248,10 +248,15 @@ def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
 def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                    op: str = "create", cgroup_procs: tuple[str, ...] = (),
                    spec_doc: dict[str, Any] | None = None) -> bytes:
+    oci = spec_doc if spec_doc is not None else spec.to_oci()
+    if config.seccomp_bpf is not None and "seccomp" in oci.get("linux", {}):
+        # The init installs the compiled program; the profile (70% of the document)
+        # would only be parsed, and its objects written, by the zygote for nothing.
+        oci = {**oci, "linux": {k: v for k, v in oci["linux"].items() if k != "seccomp"}}
     doc = {
         "op": op,
         "cgroup_procs": list(cgroup_procs),
-        "spec": spec_doc if spec_doc is not None else spec.to_oci(),
+        "spec": oci,
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,
             "merged": config.merged, "stdin_devnull": config.stdin_devnull,
