@@ -16,6 +16,11 @@ def new_id() -> str:
     return os.urandom(32).hex()
 
 
+def is_container_id(name: str, length: int = 64) -> bool:
+    """Whether ``name`` is a container id (or its first ``length`` hex digits)."""
+    return len(name) == length and all(ch in "0123456789abcdef" for ch in name)
+
+
 def proc_stat(pid: int) -> list[bytes] | None:
     """The fields of /proc/PID/stat after the command name (state first), or None if
     the process is gone. The name may hold spaces and parentheses: split after it."""

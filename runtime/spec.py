@@ -145,7 +145,7 @@ _ANNOTATION_INIT = "io.myctr.init"
 _ANNOTATION_GROUP_ADD = "io.myctr.group-add"
 
 
-@functools.lru_cache(maxsize=None)  # a few dozen field names, each converted per spec
+@functools.cache  # a few dozen field names, each converted per spec
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)

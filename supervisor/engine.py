@@ -22,6 +22,7 @@ import trio
 from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, proc_stat, process_start_time
 from runtime.errors import Conflict, ContainerError, HostError, SpecError
+from runtime.idmap import IdMapPlan
 from runtime.init import InitConfig
 from runtime.log import get_logger
 from runtime.paths import StatePaths
@@ -227,19 +228,54 @@ class Supervisor:
         self.store.delete(c.id)
         self.containers.pop(c.id, None)
 
-    async def _destroy(self, c: Container) -> None:
-        """Remove a container's directory, logs and record. Rootless, its overlay dirs
-        hold files of subordinate ids: the zygote removes them as root of a user
-        namespace with the container's maps (never a fork of this threaded process)."""
+    async def _destroy(self, c: Container, announce: bool = False) -> None:
+        """Remove a container: its record first, then its files.
+
+        Once the record is gone the container is gone for every client (its name is
+        free, a wait for its removal answers, ``announce``: the "remove" event), so a
+        ``run --rm`` does not wait for the directory's removal. A crash before the
+        files are gone leaves files without a record: the next supervisor removes
+        them (:meth:`sweep`)."""
         cdir = ContainerDir(self.paths, c.id)
         plan = preparing.id_map_plan(c.options.uid_mappings, c.options.gid_mappings)
-        if plan is not None and os.geteuid() != 0:
-            await self.packer.remove_trees([cdir.upper, cdir.work], plan)
-        await trio.to_thread.run_sync(cdir.remove)
-        containerdir.rmtree(self._net_path(c))
         if c.options.network.bridged:
             self.networks.release(c.id)  # only bridge networks lease (a database write)
         self._drop_record(c)
+        if announce:
+            self.events.emit("remove", c.id, c.record.name)
+        c.finished.set()  # its run's tree is over (or never was): nothing waits on more
+        await self._remove_files(cdir, self._net_path(c), plan)
+
+    async def _remove_files(self, cdir: ContainerDir, net_path: str,
+                            plan: IdMapPlan | None) -> None:
+        """A container's directory and its plug's files. Rootless, its overlay dirs
+        hold files of subordinate ids: the packer removes them as root of a user
+        namespace with the container's maps (never a fork of this threaded process)."""
+        if plan is not None and os.geteuid() != 0 and os.path.exists(cdir.path):
+            await self.packer.remove_trees([cdir.upper, cdir.work], plan)
+        await trio.to_thread.run_sync(cdir.remove)
+        containerdir.rmtree(net_path)
+
+    async def sweep(self) -> None:
+        """Remove container files that no record owns: what a crash left between a
+        removal's record and its files (at start, before anything runs)."""
+        owned = set(self.containers)
+        try:
+            names = os.listdir(self.paths.containers)
+        except FileNotFoundError:
+            names = []
+        plan = preparing.id_map_plan()  # rootless: the user's own ranges
+        for name in names:
+            if name not in owned and containerdir.is_container_id(name):
+                log.warning("removing the files of a removed container", container_id=name)
+                await self._remove_files(ContainerDir(self.paths, name),
+                                         net_path(self.paths, name), plan)
+        owned_net = {os.path.basename(net_path(self.paths, cid)) for cid in owned}
+        net_root = os.path.dirname(net_path(self.paths, "0" * NET_ID_LENGTH))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(net_root):
+                if name not in owned_net and containerdir.is_container_id(name, NET_ID_LENGTH):
+                    containerdir.rmtree(os.path.join(net_root, name))
 
     # --- start / run ----------------------------------------------------------------
 
@@ -392,9 +428,7 @@ class Supervisor:
         self._emit(c, "network-attach", **{"network": config.mode, **_net_summary(c.attached)})
 
     def _net_path(self, c: Container) -> str:
-        """The plug's own files (slirp4netns's API socket and log): short enough for a
-        socket path, kept until the container goes."""
-        return os.path.join(self.paths.run, "net", c.id[:16])
+        return net_path(self.paths, c.id)
 
     def _net_dir(self, c: Container) -> str:
         path = self._net_path(c)
@@ -725,8 +759,7 @@ class Supervisor:
 
     async def _remove_now(self, c: Container) -> None:
         self._set(c, status=Status.REMOVING.value)
-        await self._destroy(c)
-        self.events.emit("remove", c.id, c.record.name)
+        await self._destroy(c, announce=True)
 
     async def wait(self, c: Container, removed: bool = False) -> int:
         """The exit status once the container stopped for good (no restart due), as
@@ -772,6 +805,7 @@ class Supervisor:
             c = Container(record, self._effective(options, record.id))
             self.containers[record.id] = c
             await self._recover_one(c)
+        await self.sweep()
 
     async def _recover_one(self, c: Container) -> None:
         record = c.record
@@ -808,6 +842,15 @@ class Supervisor:
         manually = c.record.manually_stopped
         await self.stop(c, timeout)
         self._set(c, manually_stopped=manually)
+
+
+NET_ID_LENGTH = 16
+
+
+def net_path(paths: StatePaths, container_id: str) -> str:
+    """A container's plug's own files (slirp4netns's API socket and log): short enough
+    for a socket path, kept until the container goes."""
+    return os.path.join(paths.run, "net", container_id[:NET_ID_LENGTH])
 
 
 async def _wait_exit(pid: int, pidfd: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,14 @@ def rootfs_tar(myctr: harness.Myctr) -> Path:
                    check=True)
     harness.chown_tree(tar, myctr.user)
     return tar
+
+
+@pytest.fixture(scope="session")
+def tun_for_rootless() -> None:
+    """Rootless slirp4netns opens /dev/net/tun as the user: most distributions make it
+    0666, this machine 0600. Say so and make it 0666 (as the issue allows)."""
+    mode = stat.S_IMODE(os.stat(harness.TUN).st_mode)
+    if mode & 0o006 != 0o006:
+        print(f"\n[test setup] {harness.TUN} is mode {mode:04o}; rootless slirp4netns needs it "
+              f"world-accessible: chmod 0666 {harness.TUN} (the default on most distributions)")
+        os.chmod(harness.TUN, 0o666)

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_USER = "myctr-test"
 SUBID_COUNT = 65536
 PACKAGES = ("supervisor", "runtime", "netplug")
+TUN = "/dev/net/tun"
 
 
 # --- the rootless test user -------------------------------------------------------------

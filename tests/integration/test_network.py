@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,14 +34,10 @@ def host(hostns: HostNetns) -> HostNetns:
 
 
 @pytest.fixture
-def tun(myctr_net: Myctr) -> Iterator[None]:
-    """Rootless slirp4netns needs /dev/net/tun world-accessible; this machine has it
-    0600 (most distributions ship 0666), so the rootless tests set it (and say so)."""
-    mode = os.stat("/dev/net/tun").st_mode & 0o777
-    if myctr_net.mode == "rootless" and mode & 0o006 != 0o006:
-        print(f"test setup: chmod 0666 /dev/net/tun (was {mode:04o}) for rootless slirp4netns")
-        os.chmod("/dev/net/tun", 0o666)
-    yield
+def tun(myctr_net: Myctr, request: pytest.FixtureRequest) -> None:
+    """Rootless slirp4netns needs /dev/net/tun world-accessible (conftest)."""
+    if myctr_net.mode == "rootless":
+        request.getfixturevalue("tun_for_rootless")
 
 
 def _in_host(host: HostNetns, code: str, timeout: float = 10) -> str:

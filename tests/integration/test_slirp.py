@@ -27,7 +27,7 @@ from tests.integration import harness
 
 MODES = ("root", "rootless")
 DRIVER = Path(__file__).with_name("slirp_driver.py")
-TUN = "/dev/net/tun"
+TUN = harness.TUN
 HOST_IP = "192.0.2.1"
 
 pytestmark = pytest.mark.skipif(shutil.which("slirp4netns") is None,
@@ -80,17 +80,6 @@ except OSError as exc:
     print(f"ERROR {type(exc).__name__} {exc}")
     sys.exit(1)
 """
-
-
-@pytest.fixture(scope="session")
-def tun_for_rootless() -> None:
-    """Rootless slirp4netns opens /dev/net/tun as the user: most distributions make it
-    0666, this machine 0600. Say so and make it 0666 (as the issue allows)."""
-    mode = stat.S_IMODE(os.stat(TUN).st_mode)
-    if mode & 0o006 != 0o006:
-        print(f"\n[test setup] {TUN} is mode {mode:04o}; rootless slirp4netns needs it "
-              f"world-accessible: chmod 0666 {TUN} (the default on most distributions)")
-        os.chmod(TUN, 0o666)
 
 
 @dataclass

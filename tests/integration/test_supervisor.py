@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -178,6 +179,27 @@ class TestRecovery:
         once = _inspect(myctr, "once")
         assert (once["status"], once["exit_code"]) == ("exited", 137)
         assert myctr("rm", "-f", "keep", "once").returncode == 0
+
+
+    def test_files_of_a_removed_record_are_swept(self, myctr: Myctr) -> None:
+        """A removal drops the record before the files: a crash in between leaves files
+        no record owns (here the upper dir holds a file of a subordinate id, rootless);
+        the next supervisor removes them."""
+        cid = _detached(myctr, "/bin/sh", "-c", "touch /made; chown 1000:1000 /made; "
+                                                "exec sleep 1000")
+        cdir = myctr.state_root / "data" / "containers" / cid
+        _until(lambda: (cdir / "upper" / "made").exists())
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = _inspect(myctr, cid)["pid"]
+        os.kill(reply["result"]["pid"], signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        with sqlite3.connect(myctr.state_root / "data" / "myctr.db") as db:
+            db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        assert cdir.exists()
+        assert myctr("ps", "-a", "-q").stdout == ""  # a new supervisor, which swept
+        assert not cdir.exists()
 
 
 class TestLogs:
