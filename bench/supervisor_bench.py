@@ -612,7 +612,10 @@ def measure_start(bench: Bench) -> Section:
                                      value_of(rows, "crun", SETTLED), higher=False)),
          ("myctr-sup <= crun, in a row", meets(value_of(rows, "myctr-sup", IN_A_ROW),
                                                value_of(rows, "crun", IN_A_ROW),
-                                               higher=False))))
+                                               higher=False)),
+         ("myctr-cli < 0.25x podman", meets(value_of(rows, "myctr-cli", SETTLED),
+                                            value_of(rows, "podman", SETTLED), 0.25,
+                                            higher=False))))
 
 
 # 2. a burst of starts.

@@ -103,8 +103,9 @@ def parse_env(value: str, host_env: dict[str, str] | None = None) -> str | None:
     return f"{name}={env[name]}" if name in env else None
 
 
-def read_env_file(path: str) -> list[str]:
-    """``--env-file``: one K=V (or K) a line; blank lines and ``#`` comments skipped."""
+def read_env_file(path: str, host_env: dict[str, str] | None = None) -> list[str]:
+    """``--env-file``: one K=V (or K, from ``host_env``) a line; blank lines and ``#``
+    comments skipped."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -114,7 +115,7 @@ def read_env_file(path: str) -> list[str]:
     for line in lines:
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
-            parsed = parse_env(stripped)
+            parsed = parse_env(stripped, host_env)
             if parsed is not None:
                 result.append(parsed)
     return result

@@ -31,7 +31,8 @@ FORWARDED_SIGNALS = (
 
 def run_attached(client: Client, params: dict[str, Any], interactive: bool,
                  terminal: bool) -> int:
-    """Run the container attached; return its exit status."""
+    """Run the container attached (``container.run``, then ``container.wait``); return
+    its exit status."""
     pipes: list[tuple[int, int]] = []
     fds: list[int] = []
     names: list[str] = []
@@ -48,14 +49,70 @@ def run_attached(client: Client, params: dict[str, Any], interactive: bool,
     try:
         result = client.result(request_id)
     except BaseException:
-        for read_end, _ in pipes:
-            os.close(read_end)
+        _close_read_ends(pipes)
         raise
     container = result["id"]
     restart = params.get("restart", "no") not in ("no", None)
     # --rm: the answer comes once the container is gone, so its name is free again
     wait_id = client.send("container.wait", {"id": container, "next_exit": restart,
                                              "removed": bool(params.get("auto_remove"))})
+    return _attached(client, container, wait_id, terminal, interactive, pipes)
+
+
+def run_from_argv(client: Client, argv: list[str]) -> int | None:
+    """``myctr run ARGV`` in one ``cli.run`` request (the CLI's quick path): the
+    supervisor parses the arguments, runs, and for an attached run tells us it started
+    then answers with the status. Our stdin and two pipes go along; it keeps what the
+    flags need. None: this supervisor has no ``cli.run``."""
+    pipes = [os.pipe(), os.pipe()]
+    names, fds = ["stdout", "stderr"], [pipes[0][1], pipes[1][1]]
+    if _is_open(0):
+        names, fds = ["stdin", *names], [0, *fds]
+    request_id = client.send("cli.run", {"argv": argv, "cwd": os.getcwd(),
+                                         "env": dict(os.environ), "fds": names}, fds)
+    for _, write_end in pipes:
+        os.close(write_end)
+    try:
+        while True:
+            message = client.receive()
+            if message.get("method") == "run.started" and (
+                    message.get("params") or {}).get("request_id") == request_id:
+                started = message["params"]
+                break
+            if message.get("id") == request_id:  # no run to attach to
+                error = message.get("error")
+                if error and error.get("code") == METHOD_NOT_FOUND:
+                    return None
+                client.early[request_id] = message
+                return _without_run(client.result(request_id))
+            if message.get("id") is not None:
+                client.early[message["id"]] = message
+    except BaseException:
+        _close_read_ends(pipes)
+        raise
+    if started["tty"]:
+        _close_read_ends(pipes)
+        pipes = []
+    return _attached(client, started["id"], request_id, started["tty"],
+                     started["interactive"], pipes)
+
+
+METHOD_NOT_FOUND = -32601  # JSON-RPC's (protocol.py, with json and typing, stays out)
+
+
+def _without_run(result: dict[str, Any]) -> int:
+    """``cli.run``'s answer when nothing is attached: --help's text, or -d's id."""
+    if "output" in result:
+        os.write(1, result["output"].encode())
+        return int(result["exit_code"])
+    os.write(1, f"{result['id']}\n".encode())
+    return 0
+
+
+def _attached(client: Client, container: str, final_id: int, terminal: bool,
+              interactive: bool, pipes: list[tuple[int, int]]) -> int:
+    """Copy the container's output (or its terminal) until it ends, forwarding our
+    signals to it; the exit status that ``final_id``'s answer carries."""
     previous = _forward_signals(client, container)
     try:
         if terminal:
@@ -63,10 +120,23 @@ def run_attached(client: Client, params: dict[str, Any], interactive: bool,
             _pump_terminal(master, interactive)
         else:
             _pump_pipes([(pipes[0][0], 1), (pipes[1][0], 2)])
-        code = client.result(wait_id)["exit_code"]
+        code = client.result(final_id)["exit_code"]
     finally:
         _restore_signals(previous)
     return int(code)
+
+
+def _close_read_ends(pipes: list[tuple[int, int]]) -> None:
+    for read_end, _ in pipes:
+        os.close(read_end)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _forward_signals(client: Client, container: str) -> dict[int, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runtime.errors import ContainerError
+from runtime.errors import ContainerError, SpecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,12 +36,15 @@ METHOD_NOT_FOUND = -32601  # JSON-RPC's; protocol.py (json, typing) stays unimpo
 # --- the verbs' bodies (the click commands in supervisor.cli call them too) ------------
 
 
-def create_params(opts: dict[str, Any]) -> dict[str, Any]:
-    """``run``/``create`` flags to create params; what only the client can know (its
-    environment, its files, its working directory) is resolved here, the rest by the
-    supervisor."""
+def create_params(opts: dict[str, Any], cwd: str | None = None,
+                  environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``run``/``create`` flags to create params; what is the client's (its environment,
+    its files, its working directory) is resolved here, the rest by the supervisor.
+    ``cwd`` and ``environ``: the client's, when the supervisor does this for it
+    (``cli.run``); ours by default."""
     params: dict[str, Any] = {
-        "command": list(opts["command"]), "env": _env(opts["env_file"], opts["env"]),
+        "command": list(opts["command"]),
+        "env": _env(opts["env_file"], opts["env"], cwd, environ),
         "read_only": opts["read_only"],
         "tty": opts["tty"], "interactive": opts["interactive"],
         "init": opts["use_init"], "auto_remove": opts["auto_remove"],
@@ -54,11 +57,11 @@ def create_params(opts: dict[str, Any]) -> dict[str, Any]:
     if resources:
         params["resources"] = resources
     if opts["rootfs"]:
-        params["rootfs"] = os.path.abspath(opts["rootfs"])
+        params["rootfs"] = os.path.abspath(os.path.join(cwd or os.getcwd(), opts["rootfs"]))
     elif params["command"]:  # run [OPTIONS] IMAGE [COMMAND [ARG...]]
         params["image"] = params["command"].pop(0)
     else:
-        raise ContainerError("give an IMAGE (or --rootfs DIR) and a command")
+        raise SpecError("give an IMAGE (or --rootfs DIR) and a command")
     if opts["workdir"] is not None:
         params["workdir"] = opts["workdir"]
     if opts["stop_signal"]:
@@ -121,15 +124,17 @@ def take_resources(opts: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _env(env_files: list[str] | tuple[str, ...], values: list[str] | tuple[str, ...]) -> list[str]:
+def _env(env_files: list[str] | tuple[str, ...], values: list[str] | tuple[str, ...],
+         cwd: str | None, environ: dict[str, str] | None) -> list[str]:
     """``--env-file`` then ``-e``, merged (runtime.options, ~2 ms of imports, only when
     there are some)."""
     if not env_files and not values:
         return []
     from runtime import options
 
-    from_files = [e for path in env_files for e in options.read_env_file(path)]
-    env = [e for e in (options.parse_env(v) for v in values) if e is not None]
+    from_files = [e for path in env_files
+                  for e in options.read_env_file(os.path.join(cwd or "", path), environ)]
+    env = [e for e in (options.parse_env(v, environ) for v in values) if e is not None]
     return list(options.merge_env(from_files, env))
 
 
@@ -166,6 +171,7 @@ def ps(client: Client, opts: dict[str, Any]) -> int:
 
 
 VERBS: dict[str, Callable[[Client, dict[str, Any]], int]] = {"run": run, "ps": ps}
+"""The verbs with a quick path (run's goes through one ``cli.run`` request)."""
 
 
 def _echo(text: str) -> None:
@@ -198,6 +204,10 @@ def quick(argv: list[str]) -> int | None:
     client = try_connect(StatePaths.under(root) if root else StatePaths.default())
     if client is None:
         return None  # the full CLI starts a supervisor
+    if argv[i] == "run":  # one request: parse, run, and (attached) the exit status
+        from supervisor.attach import run_from_argv
+
+        return run_from_argv(client, argv[i + 1:])
     request_id = client.send("cli.parse", {"argv": argv[i:]})
     message = client.receive()
     error = message.get("error")

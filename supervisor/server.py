@@ -27,6 +27,7 @@ from supervisor.engine import Attach, Supervisor
 from supervisor.events import EventLog
 from supervisor.logfile import follow_lines, parse_log_opts, parse_since, read_lines
 from supervisor.states import Status, is_active
+from supervisor.zygote import close_quietly
 
 log = get_logger("myctr.control")
 VERSION = "0.1.0"
@@ -67,6 +68,7 @@ class ControlServer:
         self.connections = 0
         self.methods: dict[str, Callable[..., Awaitable[Any]]] = {
             "ping": self.ping, "info": self.info, "cli.parse": self.cli_parse,
+            "cli.run": self.cli_run,
             "container.create": self.create, "container.start": self.start,
             "container.run": self.run, "container.stop": self.stop,
             "container.restart": self.restart, "container.kill": self.kill,
@@ -186,12 +188,56 @@ class ControlServer:
                 "network": _network_info(self.sup.default_network)}
 
     async def cli_parse(self, params: dict[str, Any]) -> dict[str, Any]:
-        argv = params.get("argv")
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise protocol.RpcError(protocol.INVALID_PARAMS, "argv: a list of strings")
         from supervisor.cli import parse_for_quick
 
-        return parse_for_quick(argv)
+        return parse_for_quick(_strings(params, "argv"))
+
+    async def cli_run(self, params: dict[str, Any], conn: Connection, request_id: Any,
+                      fds: list[int]) -> Any:
+        """``myctr run``'s quick path in one request: parse its arguments with the click
+        command, resolve what is the client's (its cwd and environment, sent along),
+        run; attached, a ``run.started`` notification (with the pty master under -t),
+        then the answer once the container stopped (was removed, with --rm)."""
+        from supervisor import quick
+        from supervisor.cli import parse_for_quick
+
+        argv, names = _strings(params, "argv"), _strings(params, "fds")
+        cwd, env = params.get("cwd"), params.get("env")
+        if len(names) != len(fds) or not set(names) <= {"stdin", "stdout", "stderr"}:
+            raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                    "invalid params: 'fds' must name each passed descriptor")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not isinstance(env, dict) \
+                or not all(isinstance(v, str) for v in env.values()):
+            raise protocol.RpcError(protocol.INVALID_PARAMS,
+                                    "invalid params: 'cwd' (absolute) and 'env' (strings)")
+        given = dict(zip(names, fds, strict=True))
+        fds.clear()  # ours now: closed here, or handed to the run's Attach
+        try:
+            parsed = parse_for_quick(["run", *argv])
+            if "output" in parsed:  # --help
+                return parsed
+            opts = parsed["params"]
+            create = quick.create_params(opts, cwd, env)
+            if opts["detach"]:
+                return {"id": (await self.run(create, []))[0]["id"]}
+            wanted = [n for n in ("stdin", "stdout", "stderr") if n in given and (
+                n != "stdin" or opts["interactive"]) and (n == "stdin" or not opts["tty"])]
+            attach_fds = [given.pop(n) for n in wanted]
+        finally:
+            close_quietly(*given.values())
+        try:  # the run's Attach takes attach_fds (emptying the list) once it exists
+            started, pty = await self.run({**create, "attach": True, "fds": wanted},
+                                          attach_fds)
+            started["interactive"] = bool(opts["interactive"])
+        finally:
+            close_quietly(*attach_fds)
+        try:
+            await conn.send(protocol.encode_stream_item(request_id, "run.started", started), pty)
+        finally:
+            close_quietly(*pty)
+        restart = create.get("restart", "no") not in ("no", None)
+        return await self.wait({"id": started["id"], "next_exit": restart,
+                                "removed": bool(create.get("auto_remove"))})
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
         c = await self.sup.create(params)
@@ -536,7 +582,7 @@ async def _call(method: Callable[..., Awaitable[Any]], request: protocol.Request
     name = method.__name__
     if name in ("logs", "subscribe", "build", "image_pull", "image_push"):
         return await method(params, conn, request.id), []
-    if name == "exec":
+    if name in ("exec", "cli_run"):
         return await method(params, conn, request.id, fds), []
     if name in ("image_save", "image_load"):
         return await method(params, fds), []
@@ -566,6 +612,14 @@ def _sender(conn: Connection, request_id: Any,
     async def send(item: dict[str, Any]) -> None:
         await conn.send(protocol.encode_stream_item(request_id, method, item))
     return send
+
+
+def _strings(params: dict[str, Any], key: str) -> list[str]:
+    value = params.get(key, [] if key == "fds" else None)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise protocol.RpcError(protocol.INVALID_PARAMS, f"invalid params: {key!r}: a list "
+                                "of strings")
+    return value
 
 
 def _name(params: dict[str, Any]) -> str:

@@ -393,6 +393,22 @@ class TestQuickPath:
                 code, full.out, full.err), args
             assert quick_.stderr.count("\n") == (1 if code else 0)
 
+    def test_run_resolves_the_clients_cwd_and_environment(self, myctr: Myctr) -> None:
+        """cli.run: the supervisor parses and runs, but a relative --rootfs and
+        --env-file are the client's (its cwd) and so is -e NAME (its environment)."""
+        assert myctr("info").returncode == 0
+        env_file = myctr.rootfs.parent / "client.env"
+        env_file.write_text("FROM_FILE=file\nFROM_CLIENT\n")
+        env_file.chmod(0o644)
+        command = myctr.command("run", "--rm", "--env-file", env_file.name, "-e", "ALSO",
+                                "--rootfs", myctr.rootfs.name, "/bin/sh", "-c",
+                                "echo $FROM_FILE $FROM_CLIENT $ALSO")
+        at = command.index("env") + 1
+        command[at:at] = ["FROM_CLIENT=client", "ALSO=also"]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              cwd=myctr.rootfs.parent, stdin=subprocess.DEVNULL)
+        assert (proc.returncode, proc.stdout) == (0, "file client also\n"), proc
+
     def test_parse_method_rejects_bad_params(self, myctr: Myctr) -> None:
         assert myctr("info").returncode == 0
         path = str(myctr.state_root / "run" / "control.sock")
@@ -403,3 +419,9 @@ class TestQuickPath:
         reply = _exchange(path, b'{"jsonrpc":"2.0","id":1,"method":"cli.parse",'
                                 b'"params":{"argv":["supervise","--stop"]}}\n')
         assert "not a quick verb" in reply["error"]["message"]
+        for params in (b'{"argv":[],"cwd":"/","env":{},"fds":["stdout"]}',  # none passed
+                       b'{"argv":[],"cwd":"rel","env":{}}', b'{"argv":[],"cwd":"/","env":[]}',
+                       b'{"argv":[],"cwd":"/","env":{"A":1}}', b'{"cwd":"/","env":{}}'):
+            reply = _exchange(path, b'{"jsonrpc":"2.0","id":1,"method":"cli.run",'
+                                    b'"params":' + params + b"}\n")
+            assert reply["error"]["code"] == -32602, (params, reply)
