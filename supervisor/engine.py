@@ -180,15 +180,18 @@ class Supervisor:
             id=cid, name=name, created=time.time(), params=params, spec={},
             status=Status.CREATED.value, log_path=os.path.join(self.paths.log, f"{cid}.json"),
         )
-        self.store.insert(record)
         c = Container(record, options)
-        self.containers[cid] = c
+        self.containers[cid] = c  # from now on its image counts as in use
+        # Files first, then the record (with its spec: one write): a crash in between
+        # leaves files no record owns, which the next supervisor sweeps.
         try:
             prepared = c.prepared = self._prepare(c)
+            c.record = record._replace(spec=prepared.oci or prepared.spec.to_oci())
+            self.store.insert(c.record)
         except BaseException:
-            self._forget(c)
+            del self.containers[cid]
+            ContainerDir(self.paths, cid).remove()  # ours alone: its overlay never mounted
             raise
-        self.store.update(cid, spec=prepared.oci or prepared.spec.to_oci())
         return c
 
     def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:
@@ -211,11 +214,6 @@ class Supervisor:
         return preparing.prepare(cdir, o.request, plan, o.interactive,
                                  preparing.etc_texts(o.request, o.network),
                                  volatile=o.auto_remove or build)
-
-    def _forget(self, c: Container) -> None:
-        """Drop a container whose overlay was never mounted (its dirs are ours)."""
-        ContainerDir(self.paths, c.id).remove()
-        self._drop_record(c)
 
     def _drop_record(self, c: Container) -> None:
         if c.record.exit_code is not None:
@@ -287,7 +285,8 @@ class Supervisor:
             await c.finished.wait()
         if not can_start(c.status):
             raise Conflict(f"container {c.record.name} is {c.status.value}")
-        self._set(c, manually_stopped=False)
+        if c.record.manually_stopped:
+            self._set(c, manually_stopped=False)
         c.stopped, c.finished = trio.Event(), trio.Event()
         await self.nursery.start(self._supervise, c, attach)
 
