@@ -236,13 +236,13 @@ def _close_inherited_fds(keep: int) -> None:
 
 
 def _reset_signals() -> None:
-    """Python ignores SIGPIPE and SIGXFSZ; ignored signals survive execve. Reset all."""
-    for sig in range(1, signal.NSIG):
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError):
-                continue
+    """execve resets caught signals by itself, but ignored ones stay ignored: Python
+    ignores SIGPIPE and SIGXFSZ, and a parent may have ignored more. Reset those (one
+    syscall each, not one per signal), and unblock every signal."""
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP) \
+                and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
