@@ -235,14 +235,19 @@ def _close_inherited_fds(keep: int) -> None:
     os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
+GLIBC_RESERVED_SIGNALS = (32, 33)  # not in signal.valid_signals(): Python cannot tell
+
+
 def _reset_signals() -> None:
     """execve resets caught signals by itself, but ignored ones stay ignored: Python
     ignores SIGPIPE and SIGXFSZ, and a parent may have ignored more. Reset those (one
-    syscall each, not one per signal), and unblock every signal."""
+    syscall each, not one per signal), glibc's two always, and unblock every signal."""
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP) \
                 and signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+    for reserved in GLIBC_RESERVED_SIGNALS:
+        libc.default_signal_action(reserved)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

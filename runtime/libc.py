@@ -24,6 +24,7 @@ SYS_CAPGET = 125
 SYS_CAPSET = 126
 SYS_PIDFD_SEND_SIGNAL = 424
 SYS_CLONE3 = 435
+SYS_RT_SIGACTION = 13
 
 CLONE_NEWTIME = 0x00000080
 CLONE_PIDFD = 0x00001000
@@ -168,6 +169,15 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         ctypes.c_long(SYS_PIDFD_SEND_SIGNAL), ctypes.c_int(pidfd), ctypes.c_int(sig), None, 0
     )
     _check(result, f"pidfd_send_signal {sig}")
+
+
+def default_signal_action(sig: int) -> None:
+    """``rt_sigaction(sig, SIG_DFL)`` straight to the kernel: glibc's ``sigaction``
+    refuses the two signals it keeps for itself (32 and 33), which a parent may still
+    have left ignored."""
+    action = (ctypes.c_ulong * 4)()  # handler SIG_DFL, flags, restorer, mask: all 0
+    _check(_libc.syscall(ctypes.c_long(SYS_RT_SIGACTION), ctypes.c_int(sig), action, None,
+                         ctypes.c_size_t(8)), f"rt_sigaction {sig}")
 
 
 def seccomp(operation: int, flags: int, args: int) -> None:
