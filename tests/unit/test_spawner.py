@@ -16,15 +16,19 @@ from supervisor.spawner import Spawner
 
 
 def _slow_zygote(sock: socket.socket, delay: float) -> None:
-    """Answers each request after ``delay`` with the request's own paths echoed."""
+    """Answers each request after ``delay`` with the request's own paths echoed, until
+    the spawner's end closes."""
     while True:
         data = sock.recv(1 << 16)
         if not data:
             return
         time.sleep(delay)
         request = json.loads(data)
-        sock.send(json.dumps({"ok": False, "error": {
-            "type": "HostError", "errno": 0, "message": repr(request["paths"])}}).encode())
+        try:
+            sock.send(json.dumps({"ok": False, "error": {
+                "type": "HostError", "errno": 0, "message": repr(request["paths"])}}).encode())
+        except OSError:  # the spawner closed meanwhile
+            return
 
 
 async def test_cancelled_request_does_not_desynchronise_replies() -> None:
@@ -47,4 +51,5 @@ async def test_cancelled_request_does_not_desynchronise_replies() -> None:
             raise AssertionError("the echo zygote always fails")
     finally:
         spawner.close()
+        thread.join(5)  # before its socket goes: a recv on a closed fd fails in the thread
         theirs.close()
