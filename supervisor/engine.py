@@ -151,9 +151,11 @@ class Supervisor:
 
     # --- create ---------------------------------------------------------------------
 
-    async def create(self, params: dict[str, Any]) -> Container:
-        """Validate, store and prepare a container (disk work off the event loop)."""
-        c: Container = await trio.to_thread.run_sync(self._create, params)
+    async def create(self, params: dict[str, Any], run: bool = False) -> Container:
+        """Validate, store and prepare a container (disk work off the event loop);
+        ``run``: it starts next, so its run's cgroup is made in the same worker thread
+        (one hop less on the start path)."""
+        c: Container = await trio.to_thread.run_sync(self._create, params, run)
         self._emit(c, "create")
         return c
 
@@ -166,7 +168,7 @@ class Supervisor:
     def image_in_use(self, image_id: str) -> bool:
         return any(c.options.image_id == image_id for c in self.containers.values())
 
-    def _create(self, params: dict[str, Any]) -> Container:
+    def _create(self, params: dict[str, Any], run: bool = False) -> Container:
         if not params.get("network"):  # the default of this supervisor, recorded
             params = {**params, "network": self.default_network}
         options = create_options(params, self.resolve_image, self.networks.exists)
@@ -192,7 +194,23 @@ class Supervisor:
             del self.containers[cid]
             ContainerDir(self.paths, cid).remove()  # ours alone: its overlay never mounted
             raise
+        if run:
+            self._early_cgroup(c)
         return c
+
+    def _early_cgroup(self, c: Container) -> None:
+        """The first run's cgroup, made with the container (in its worker thread). On
+        failure nothing is kept: _make_cgroup tries again and reports why."""
+        if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
+            return
+        group = self.cgroups.handle(c.id)
+        try:
+            group.create(c.options.resources)
+        except OSError:
+            with contextlib.suppress(OSError, ContainerError):
+                group.remove()
+            return
+        c.cgroup = group
 
     def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:
         """What the supervisor adds to the asked-for options: the default hostname, and
@@ -242,6 +260,7 @@ class Supervisor:
         if announce:
             self.events.emit("remove", c.id, c.record.name)
         c.finished.set()  # its run's tree is over (or never was): nothing waits on more
+        await self._drop_cgroup(c)  # an --rm container's last run left it for now
         await self._remove_files(cdir, self._net_path(c), plan)
 
     async def _remove_files(self, cdir: ContainerDir, net_path: str,
@@ -339,9 +358,10 @@ class Supervisor:
             if c.status == Status.RESTARTING:  # stopped while waiting to restart
                 self._set(c, status=Status.EXITED.value)
             c.stopped.set()
-            if completed and c.options.auto_remove and c.id in self.containers:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                if completed and c.options.auto_remove and c.id in self.containers:
                     await self._remove_now(c)
+                await self._drop_cgroup(c)  # if an --rm run left it (no-op otherwise)
             c.finished.set()
 
     def _scheduled(self, c: Container, scheduled: RestartScheduled) -> None:
@@ -452,6 +472,8 @@ class Supervisor:
 
     async def _make_cgroup(self, c: Container) -> Any:
         """This run's cgroup, with the container's limits (None: no cgroups here)."""
+        if c.cgroup is not None:  # made with the container (_early_cgroup)
+            return c.cgroup
         if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
             return None
         group = c.cgroup = self.cgroups.handle(c.id)  # set first: a failure removes it
@@ -514,8 +536,11 @@ class Supervisor:
             if not should_restart(c.options.restart, code, 0, c.record.manually_stopped):
                 c.stopped.set()  # no restart can be due: a wait answers before the teardown
         finally:
-            with trio.CancelScope(shield=True):
-                await self._drop_cgroup(c)
+            if not (c.stopped.is_set() and c.options.auto_remove):
+                with trio.CancelScope(shield=True):
+                    await self._drop_cgroup(c)
+            # else an --rm container's last run: its record goes first, then the
+            # cgroup (_destroy; _supervise makes sure of it)
             # Closed only once the exit is recorded: until then a stop or kill that
             # arrives finds an init that is gone (signals are no-ops), not an error.
             close_quietly(init.pidfd)

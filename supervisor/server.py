@@ -251,8 +251,13 @@ class ControlServer:
 
     async def run(self, params: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
         create = {k: v for k, v in params.items() if k not in ("attach", "fds")}
-        c = await self.sup.create(create)
-        attach = _attach(params, fds)
+        attach = _attach(params, fds)  # checked (and the fds taken) before anything is made
+        try:
+            c = await self.sup.create(create, run=True)
+        except BaseException:
+            if attach is not None:
+                attach.close()
+            raise
         try:
             await self.sup.start(c, attach)
         except BaseException:
