@@ -80,11 +80,9 @@ def run_from_argv(client: Client, argv: list[str]) -> int | None:
                 started = message["params"]
                 break
             if message.get("id") == request_id:  # no run to attach to
-                error = message.get("error")
-                if error and error.get("code") == METHOD_NOT_FOUND:
-                    return None
                 client.early[request_id] = message
-                return _without_run(client.result(request_id))
+                result = client.result(request_id, unknown_method_ok=True)
+                return None if result is None else _without_run(result)
             if message.get("id") is not None:
                 client.early[message["id"]] = message
     except BaseException:
@@ -95,9 +93,6 @@ def run_from_argv(client: Client, argv: list[str]) -> int | None:
         pipes = []
     return _attached(client, started["id"], request_id, started["tty"],
                      started["interactive"], pipes)
-
-
-METHOD_NOT_FOUND = -32601  # JSON-RPC's (protocol.py, with json and typing, stays out)
 
 
 def _without_run(result: dict[str, Any]) -> int:

@@ -124,7 +124,7 @@ def _run_options(f: Any) -> Any:
 async def run(paths: Any, detach: bool, **opts: Any) -> int:
     """Run a command in a new container."""
     params = quick.create_params(opts)  # before connecting: a usage error starts nothing
-    return quick.run(_client(paths), {**opts, "detach": detach}, params)
+    return quick.run(_client(paths), params, detach)
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the cold start stays without typing's ~5 ms
     from typing import Any
 
 AUTOSTART_IDLE_EXIT = 30.0
+METHOD_NOT_FOUND = -32601  # JSON-RPC's (protocol.py, with json and typing, stays out)
 
 
 class Client:
@@ -54,12 +55,16 @@ class Client:
         message: dict[str, Any] = jsonwire.loads(line.decode())
         return message
 
-    def result(self, request_id: int) -> Any:
-        """Wait for the response to ``request_id``; raise its error as a myctr error."""
+    def result(self, request_id: int, unknown_method_ok: bool = False) -> Any:
+        """Wait for the response to ``request_id``; raise its error as a myctr error
+        (``unknown_method_ok``: None when the supervisor has no such method, an older
+        one)."""
         while True:
             message = self.early.pop(request_id, None) or self.receive()
             if message.get("id") == request_id:
                 if "error" in message:
+                    if unknown_method_ok and message["error"].get("code") == METHOD_NOT_FOUND:
+                        return None
                     raise error_to_exception(message["error"])
                 return message.get("result")
             if "id" in message and message["id"] is not None:

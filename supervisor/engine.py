@@ -194,23 +194,13 @@ class Supervisor:
             del self.containers[cid]
             ContainerDir(self.paths, cid).remove()  # ours alone: its overlay never mounted
             raise
-        if run:
-            self._early_cgroup(c)
+        if run:  # on failure nothing is kept: _make_cgroup tries again and says why
+            try:
+                self._new_cgroup(c)
+            except HostError:
+                group, c.cgroup = c.cgroup, None
+                _remove_cgroup(c.id, group)
         return c
-
-    def _early_cgroup(self, c: Container) -> None:
-        """The first run's cgroup, made with the container (in its worker thread). On
-        failure nothing is kept: _make_cgroup tries again and reports why."""
-        if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
-            return
-        group = self.cgroups.handle(c.id)
-        try:
-            group.create(c.options.resources)
-        except OSError:
-            with contextlib.suppress(OSError, ContainerError):
-                group.remove()
-            return
-        c.cgroup = group
 
     def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:
         """What the supervisor adds to the asked-for options: the default hostname, and
@@ -260,7 +250,6 @@ class Supervisor:
         if announce:
             self.events.emit("remove", c.id, c.record.name)
         c.finished.set()  # its run's tree is over (or never was): nothing waits on more
-        await self._drop_cgroup(c)  # an --rm container's last run left it for now
         await self._remove_files(cdir, self._net_path(c), plan)
 
     async def _remove_files(self, cdir: ContainerDir, net_path: str,
@@ -287,12 +276,11 @@ class Supervisor:
                 log.warning("removing the files of a removed container", container_id=name)
                 await self._remove_files(ContainerDir(self.paths, name),
                                          net_path(self.paths, name), plan)
-        owned_net = {os.path.basename(net_path(self.paths, cid)) for cid in owned}
-        net_root = os.path.dirname(net_path(self.paths, "0" * NET_ID_LENGTH))
+        owned_net = {cid[:NET_ID_LENGTH] for cid in owned}
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(net_root):
+            for name in os.listdir(net_root(self.paths)):
                 if name not in owned_net and containerdir.is_container_id(name, NET_ID_LENGTH):
-                    containerdir.rmtree(os.path.join(net_root, name))
+                    containerdir.rmtree(os.path.join(net_root(self.paths), name))
 
     # --- start / run ----------------------------------------------------------------
 
@@ -472,13 +460,18 @@ class Supervisor:
 
     async def _make_cgroup(self, c: Container) -> Any:
         """This run's cgroup, with the container's limits (None: no cgroups here)."""
-        if c.cgroup is not None:  # made with the container (_early_cgroup)
+        if c.cgroup is not None:  # made with the container (create(run=True))
             return c.cgroup
+        return await trio.to_thread.run_sync(self._new_cgroup, c)
+
+    def _new_cgroup(self, c: Container) -> Any:
+        """Make this run's cgroup (None: no cgroups here). It is ``c.cgroup`` from the
+        first mkdir on, so that a failure's teardown removes what was made."""
         if not c.options.cgroups or not self.cgroups.ready(self.our_pids()):
             return None
-        group = c.cgroup = self.cgroups.handle(c.id)  # set first: a failure removes it
+        group = c.cgroup = self.cgroups.handle(c.id)
         try:
-            await trio.to_thread.run_sync(group.create, c.options.resources)
+            group.create(c.options.resources)
         except OSError as exc:
             raise HostError(
                 f"cannot create the container's cgroup: {exc.strerror or exc}") from None
@@ -488,10 +481,7 @@ class Supervisor:
         """Kill what is left in the run's cgroup and remove it."""
         group, c.cgroup = c.cgroup, None
         if group is not None:
-            try:
-                await trio.to_thread.run_sync(group.remove)
-            except (ContainerError, OSError) as exc:
-                log.error("cgroup not removed", container_id=c.id, error=str(exc))
+            await trio.to_thread.run_sync(_remove_cgroup, c.id, group)
 
     async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
         """Pump logs until the pipes drain and the init exits; return its status."""
@@ -540,7 +530,7 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     await self._drop_cgroup(c)
             # else an --rm container's last run: its record goes first, then the
-            # cgroup (_destroy; _supervise makes sure of it)
+            # cgroup (_supervise)
             # Closed only once the exit is recorded: until then a stop or kill that
             # arrives finds an init that is gone (signals are no-ops), not an error.
             close_quietly(init.pidfd)
@@ -871,10 +861,14 @@ class Supervisor:
 NET_ID_LENGTH = 16
 
 
+def net_root(paths: StatePaths) -> str:
+    return os.path.join(paths.run, "net")
+
+
 def net_path(paths: StatePaths, container_id: str) -> str:
     """A container's plug's own files (slirp4netns's API socket and log): short enough
     for a socket path, kept until the container goes."""
-    return os.path.join(paths.run, "net", container_id[:NET_ID_LENGTH])
+    return os.path.join(net_root(paths), container_id[:NET_ID_LENGTH])
 
 
 async def _wait_exit(pid: int, pidfd: int) -> int:
@@ -936,6 +930,13 @@ async def _pump(fd: int, stream: str, writer: LogWriter, attach_fd: int | None) 
                     attached = None  # the client went away; the log goes on
     if attached is not None:
         await attached.aclose()
+
+
+def _remove_cgroup(container_id: str, group: Any) -> None:
+    try:
+        group.remove()
+    except (ContainerError, OSError) as exc:
+        log.error("cgroup not removed", container_id=container_id, error=str(exc))
 
 
 def _grow_pipe(fd: int, size: int, current: int) -> int:

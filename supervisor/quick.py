@@ -22,7 +22,6 @@ from runtime.errors import ContainerError, SpecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
     from supervisor.client import Client
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 EXIT_MYCTR_ERROR = 125
 STATUS_WIDTH = 36
 GLOBAL_VALUE_FLAGS = ("--root", "--log-level", "--log-format")
-METHOD_NOT_FOUND = -32601  # JSON-RPC's; protocol.py (json, typing) stays unimported
 
 
 # --- the verbs' bodies (the click commands in supervisor.cli call them too) ------------
@@ -138,16 +136,15 @@ def _env(env_files: list[str] | tuple[str, ...], values: list[str] | tuple[str, 
     return list(options.merge_env(from_files, env))
 
 
-def run(client: Client, opts: dict[str, Any], params: dict[str, Any] | None = None) -> int:
-    """``myctr run``: detached, print the id; else attached, the container's status.
-    ``params``: ``create_params(opts)`` when the caller made them already."""
-    params = create_params(opts) if params is None else params
-    if opts["detach"]:
+def run(client: Client, params: dict[str, Any], detach: bool) -> int:
+    """``myctr run`` of ``create_params``: detached, print the id; else attached, the
+    container's status."""
+    if detach:
         _echo(client.call("container.run", params)["id"])
         return 0
     from supervisor.attach import run_attached
 
-    return run_attached(client, params, opts["interactive"], opts["tty"])
+    return run_attached(client, params, params["interactive"], params["tty"])
 
 
 def ps(client: Client, opts: dict[str, Any]) -> int:
@@ -170,8 +167,8 @@ def ps(client: Client, opts: dict[str, Any]) -> int:
     return 0
 
 
-VERBS: dict[str, Callable[[Client, dict[str, Any]], int]] = {"run": run, "ps": ps}
-"""The verbs with a quick path (run's goes through one ``cli.run`` request)."""
+VERBS = ("run", "ps")
+"""The verbs with a quick path: run in one ``cli.run`` request, ps after ``cli.parse``."""
 
 
 def _echo(text: str) -> None:
@@ -208,21 +205,15 @@ def quick(argv: list[str]) -> int | None:
         from supervisor.attach import run_from_argv
 
         return run_from_argv(client, argv[i + 1:])
-    request_id = client.send("cli.parse", {"argv": argv[i:]})
-    message = client.receive()
-    error = message.get("error")
-    if message.get("id") != request_id or (error and error.get("code") == METHOD_NOT_FOUND):
-        client.close()  # an older supervisor
+    parsed = client.result(client.send("cli.parse", {"argv": argv[i:]}),
+                           unknown_method_ok=True)
+    if parsed is None:  # an older supervisor
+        client.close()
         return None
-    if error:
-        from supervisor.client import error_to_exception
-
-        raise error_to_exception(error)
-    parsed = message["result"]
     if "output" in parsed:  # --help
         sys.stdout.write(parsed["output"])
         return int(parsed["exit_code"])
-    return VERBS[parsed["verb"]](client, parsed["params"])
+    return ps(client, parsed["params"])
 
 
 def main() -> None:

@@ -201,17 +201,12 @@ class ControlServer:
         from supervisor import quick
         from supervisor.cli import parse_for_quick
 
-        argv, names = _strings(params, "argv"), _strings(params, "fds")
-        cwd, env = params.get("cwd"), params.get("env")
-        if len(names) != len(fds) or not set(names) <= {"stdin", "stdout", "stderr"}:
-            raise protocol.RpcError(protocol.INVALID_PARAMS,
-                                    "invalid params: 'fds' must name each passed descriptor")
+        argv, cwd, env = _strings(params, "argv"), params.get("cwd"), params.get("env")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not isinstance(env, dict) \
                 or not all(isinstance(v, str) for v in env.values()):
             raise protocol.RpcError(protocol.INVALID_PARAMS,
                                     "invalid params: 'cwd' (absolute) and 'env' (strings)")
-        given = dict(zip(names, fds, strict=True))
-        fds.clear()  # ours now: closed here, or handed to the run's Attach
+        given = _named_fds(params, fds)  # ours now: closed here, or handed to the Attach
         try:
             parsed = parse_for_quick(["run", *argv])
             if "output" in parsed:  # --help
@@ -620,7 +615,7 @@ def _sender(conn: Connection, request_id: Any,
 
 
 def _strings(params: dict[str, Any], key: str) -> list[str]:
-    value = params.get(key, [] if key == "fds" else None)
+    value = params.get(key)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise protocol.RpcError(protocol.INVALID_PARAMS, f"invalid params: {key!r}: a list "
                                 "of strings")
@@ -654,14 +649,22 @@ def _ref(params: dict[str, Any]) -> str:
 def _attach(params: dict[str, Any], fds: list[int]) -> Attach | None:
     if not params.get("attach"):
         return None
+    by_name = _named_fds(params, fds)  # the Attach owns them now
+    return Attach(by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"))
+
+
+def _named_fds(params: dict[str, Any], fds: list[int]) -> dict[str, int]:
+    """The request's fds by the names in its ``fds`` param, taken out of ``fds``
+    (the caller owns them then)."""
     names = params.get("fds") or []
-    if not isinstance(names, list) or len(names) != len(fds) or not set(names) <= {
+    if not isinstance(names, list) or len(names) != len(fds) or not all(
+            isinstance(n, str) for n in names) or not set(names) <= {
             "stdin", "stdout", "stderr"}:
         raise protocol.RpcError(protocol.INVALID_PARAMS,
                                 "invalid params: 'fds' must name each passed descriptor")
     by_name = dict(zip(names, fds, strict=True))
-    fds.clear()  # the Attach owns them now
-    return Attach(by_name.get("stdin"), by_name.get("stdout"), by_name.get("stderr"))
+    fds.clear()
+    return by_name
 
 
 def _pty(attach: Attach | None) -> list[int]:
