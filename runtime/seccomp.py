@@ -236,6 +236,8 @@ def _arch_tokens(names: tuple[str, ...]) -> tuple[int, ...]:
 _NR_SCMP_ERROR = -1  # seccomp_syscall_resolve_name: no such syscall
 _FLTATR_CTL_NNP = 3  # set no_new_privs on load
 _FLTATR_API_SYSRAWRC = 9  # report the kernel's errno from seccomp_load
+_FLTATR_CTL_OPTIMIZE = 8  # 2: syscalls sorted into a binary tree (libseccomp >= 2.5)
+_OPTIMIZE_BINARY_TREE = 2
 
 
 class _ArgCmp(ctypes.Structure):
@@ -338,6 +340,14 @@ class _SockFprog(ctypes.Structure):
 def _configure(lib: ctypes.CDLL, ctx: int, arch_tokens: tuple[int, ...]) -> None:
     _check(lib.seccomp_attr_set(ctx, _FLTATR_CTL_NNP, 0), "seccomp_attr_set CTL_NNP")
     _check(lib.seccomp_attr_set(ctx, _FLTATR_API_SYSRAWRC, 1), "seccomp_attr_set API_SYSRAWRC")
+    # A binary tree, not a chain: a syscall takes ~log2(n) comparisons instead of up to
+    # n (each of the container's syscalls that the kernel's cache cannot answer pays
+    # them), and the kernel's attach, which emulates the filter for every syscall
+    # number of each architecture to build that cache, costs ~0.2 ms less. Older
+    # libseccomp lacks the attribute: the chain is as correct, only slower.
+    rc = lib.seccomp_attr_set(ctx, _FLTATR_CTL_OPTIMIZE, _OPTIMIZE_BINARY_TREE)
+    if rc not in (0, -errno.EINVAL, -errno.EOPNOTSUPP):
+        _check(rc, "seccomp_attr_set CTL_OPTIMIZE")
     for token in arch_tokens:
         rc = lib.seccomp_arch_add(ctx, token)
         if rc != -errno.EEXIST:  # the native architecture is there from seccomp_init
