@@ -50,6 +50,9 @@ class InitConfig(NamedTuple):
     # Set by create(): the cgroup namespace is unshared once the parent has moved the
     # init into the container's cgroup, so that cgroup becomes the namespace's root.
     unshare_cgroupns: bool = False
+    # Exec once Ready is sent, without waiting for Start: the caller has nothing to do
+    # in between (no network to plug), and a start is one round trip shorter.
+    go_ahead: bool = False
 
 
 def run_init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
@@ -114,7 +117,8 @@ def become_process(spec: ContainerSpec, config: InitConfig, channel: Channel) ->
     else:
         os.setsid()
     channel.send(Ready())
-    channel.expect(Start)
+    if not config.go_ahead:
+        channel.expect(Start)
     _enter_workdir(spec.process.cwd)
     _set_rlimits(spec)
     _drop_privileges(spec, config, user)
@@ -159,11 +163,21 @@ def _resolve_user(spec: ContainerSpec) -> ResolvedUser:
 
 
 def _read_text(path: str) -> str:
+    """A small file's text, "" when it cannot be read. Plain os calls: the io stack's
+    objects are half the cost in a freshly forked init (copy-on-write faults)."""
     try:
-        with open(path, errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _attach_terminal(channel: Channel) -> None:
@@ -237,17 +251,35 @@ def _close_inherited_fds(keep: int) -> None:
 
 GLIBC_RESERVED_SIGNALS = (32, 33)  # not in signal.valid_signals(): Python cannot tell
 
+_ignored_at_fork: tuple[int, ...] | None = None
+
+
+def ignored_signals() -> tuple[int, ...]:
+    """The signals this process ignores, as the kernel has them (SigIgn in
+    /proc/self/status): glibc's reserved 32 and 33 too, which Python cannot name."""
+    with open("/proc/self/status", "rb") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith(b"SigIgn:"))
+    return tuple(n for n in range(1, 65) if mask >> (n - 1) & 1)
+
+
+def remember_ignored_signals() -> None:
+    """For a process that forks inits (the zygote): note the signals it ignores now,
+    once, so that each init resets just those, without looking (everything a forked
+    child reads or calls costs it copy-on-write faults: ~0.3 ms for the look)."""
+    global _ignored_at_fork
+    _ignored_at_fork = ignored_signals()
+
 
 def _reset_signals() -> None:
     """execve resets caught signals by itself, but ignored ones stay ignored: Python
-    ignores SIGPIPE and SIGXFSZ, and a parent may have ignored more. Reset those (one
-    syscall each, not one per signal), glibc's two always, and unblock every signal."""
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP) \
-                and signal.getsignal(sig) == signal.SIG_IGN:
+    ignores SIGPIPE and SIGXFSZ, the zygote SIGINT and SIGTERM, and a parent may have
+    ignored more. Reset those (one syscall each) and unblock every signal."""
+    ignored = ignored_signals() if _ignored_at_fork is None else _ignored_at_fork
+    for sig in ignored:
+        if sig in GLIBC_RESERVED_SIGNALS:
+            libc.default_signal_action(sig)
+        else:
             signal.signal(sig, signal.SIG_DFL)
-    for reserved in GLIBC_RESERVED_SIGNALS:
-        libc.default_signal_action(reserved)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

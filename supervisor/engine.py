@@ -366,15 +366,28 @@ class Supervisor:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin = attach.stdin if attach and attach.stdin is not None else self.devnull
+        # With no network to plug, nothing stands between the init's Ready and its
+        # exec: it goes on by itself (a start is one round trip shorter). It is ours
+        # to reap from the moment its pid is known: a fast command can exit (and a
+        # SIGCHLD from any container wake reap_strays) before create() returns.
+        go_ahead = not c.options.network.plugged
+        pids: list[int] = []
+
+        def known(pid: int) -> None:
+            pids.append(pid)
+            self.known_children.add(pid)
         try:
             group = await self._make_cgroup(c)
-            init = await self.spawner.create(prepared.spec, prepared.config, prepared.plan,
-                                             (stdin, out_w, err_w),
+            init = await self.spawner.create(prepared.spec,
+                                             prepared.config._replace(go_ahead=go_ahead),
+                                             prepared.plan, (stdin, out_w, err_w),
                                              group.procs_files if group is not None else (),
-                                             spec_doc=prepared.oci)
+                                             spec_doc=prepared.oci,
+                                             on_pid=known)
             if prepared.oci is not None:  # not kept per container: ~100 KiB of objects
                 c.prepared = prepared._replace(oci=None)
         except BaseException:
+            self.known_children.difference_update(pids)  # reaped by the spawner
             close_quietly(out_r, err_r)
             with trio.CancelScope(shield=True):
                 await self._drop_cgroup(c)
@@ -382,9 +395,6 @@ class Supervisor:
         finally:
             close_quietly(out_w, err_w)
         c.pidfd = init.pidfd
-        # Ours to reap from now on: a fast command can exit (and a SIGCHLD from any
-        # container wake reap_strays) before start() returns.
-        self.known_children.add(init.pid)
         try:
             try:
                 await self._plug(c, init.pid, run)
@@ -396,7 +406,7 @@ class Supervisor:
                     log.error("network setup failed", container_id=c.id, error=repr(exc))
                     raise HostError(f"network setup failed: {exc}") from exc
                 raise
-            await self.spawner.start(init)
+            await self.spawner.start(init, go_ahead)
         except BaseException as exc:
             if not isinstance(exc, ContainerError):  # cancelled before its exec: end it
                 with contextlib.suppress(ProcessLookupError):

@@ -14,12 +14,13 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from runtime import libc
-from runtime.channel import Channel, ChannelClosed, ExecFailed, PtyMaster, Start
+from runtime.channel import Channel, ChannelClosed, ExecFailed, PtyMaster, SetupFailed, Start
 from runtime.create import setup_message
 from runtime.errors import ExecFailed as ExecFailedError
 from runtime.errors import HostError
@@ -41,13 +42,16 @@ class Spawner:
     async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                      stdio: tuple[int, int, int],
                      cgroup_procs: tuple[str, ...] = (),
-                     spec_doc: dict[str, Any] | None = None) -> CreatedInit:
+                     spec_doc: dict[str, Any] | None = None,
+                     on_pid: Callable[[int], None] | None = None) -> CreatedInit:
         """An init in its namespaces (and cgroups), before exec. Raises the init's error
         (and reaps a half-made init) when setup fails. ``spec_doc``: the spec's OCI
-        document when the caller has it already."""
+        document when the caller has it already. ``on_pid`` learns the init's pid as
+        soon as the zygote tells it: with ``config.go_ahead`` the command may have run
+        and exited before this returns."""
         return await self._ask(
             zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs,
-                                  spec_doc=spec_doc), stdio)
+                                  spec_doc=spec_doc), stdio, on_pid)
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
                           stdio: tuple[int, int, int], init_pidfd: int,
@@ -88,7 +92,8 @@ class Spawner:
             raise zygote.decode_error(reply["error"])
         return reply
 
-    async def _ask(self, payload: bytes, fds: tuple[int, ...]) -> CreatedInit:
+    async def _ask(self, payload: bytes, fds: tuple[int, ...],
+                   on_pid: Callable[[int], None] | None = None) -> CreatedInit:
         async with self._lock:
             # One request, one reply: a cancellation between the two would leave this
             # reply queued for the next request (a stop landing mid-restart did that).
@@ -107,16 +112,20 @@ class Spawner:
         if not reply["ok"]:
             _reap(reply.get("pid"))
             raise zygote.decode_error(reply["error"])
+        if on_pid is not None:
+            on_pid(reply["pid"])
         # placed, not ready: the zygote serves the next request meanwhile
         return await _until_ready(CreatedInit(pid=reply["pid"], pidfd=received[0],
                                               channel_fd=received[1], pty_master=None))
 
-    async def start(self, init: CreatedInit) -> None:
-        """Let the init exec; raise ExecFailed (and reap it) if the exec fails."""
+    async def start(self, init: CreatedInit, go_ahead: bool = False) -> None:
+        """Let the init exec (``go_ahead``: it was created to go on by itself); return
+        once it did. Raise ExecFailed, or SetupFailed for a failure on the way."""
         sock = socket.socket(fileno=init.channel_fd)
         channel = Channel(sock)
         try:
-            channel.send(Start())
+            if not go_ahead:
+                channel.send(Start())
             await trio.lowlevel.wait_readable(sock)
             reply = channel.receive()
         except (ChannelClosed, ConnectionResetError):
@@ -125,7 +134,9 @@ class Spawner:
             channel.close()
         if isinstance(reply, ExecFailed):
             raise ExecFailedError(reply.errno, reply.message)
-        raise SetupFailedError(getattr(reply, "errno", 0), f"unexpected reply {reply!r}")
+        if isinstance(reply, SetupFailed):  # say, an rlimit the host refuses
+            raise SetupFailedError(reply.errno, reply.message)
+        raise SetupFailedError(0, f"unexpected reply {reply!r}")
 
     def close(self) -> None:
         self._sock.close()

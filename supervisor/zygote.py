@@ -38,7 +38,7 @@ from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
 from runtime.execute import create_exec
 from runtime.idmap import IdMapPlan, run_in_user_namespace
-from runtime.init import InitConfig
+from runtime.init import InitConfig, remember_ignored_signals
 from runtime.spec import ContainerSpec, IdMapping
 
 MAX_PACKET = 1 << 20
@@ -90,6 +90,7 @@ def serve(sock: socket.socket) -> None:
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
+    remember_ignored_signals()  # each init resets these (and only these) before its exec
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
@@ -260,7 +261,7 @@ def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | No
         "config": {
             "lower": list(config.lower), "upper": config.upper, "work": config.work,
             "merged": config.merged, "stdin_devnull": config.stdin_devnull,
-            "volatile": config.volatile,
+            "volatile": config.volatile, "go_ahead": config.go_ahead,
             "seccomp_bpf": config.seccomp_bpf.hex() if config.seccomp_bpf else None,
         },
         "plan": encode_plan(plan),
@@ -280,7 +281,7 @@ def decode_config(doc: dict[str, Any]) -> InitConfig:
     return InitConfig(
         lower=tuple(doc["lower"]), upper=doc["upper"], work=doc["work"],
         merged=doc["merged"], stdin_devnull=doc["stdin_devnull"],
-        volatile=bool(doc.get("volatile")),
+        volatile=bool(doc.get("volatile")), go_ahead=bool(doc.get("go_ahead")),
         seccomp_bpf=bytes.fromhex(bpf) if bpf else None,
     )
 

@@ -1,8 +1,10 @@
 """The spawner's request/reply exchange with the zygote survives cancellation: a
-cancelled request must not leave its reply queued for the next one."""
+cancelled request must not leave its reply queued for the next one. Its start sends
+Start only to an init that waits for one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -10,9 +12,11 @@ import time
 
 import trio
 
+from runtime.channel import Channel, ChannelClosed, Start
 from runtime.errors import HostError
 from runtime.idmap import IdMapPlan
 from supervisor.spawner import Spawner
+from supervisor.zygote import CreatedInit
 
 
 def _slow_zygote(sock: socket.socket, delay: float) -> None:
@@ -53,3 +57,41 @@ async def test_cancelled_request_does_not_desynchronise_replies() -> None:
         spawner.close()
         thread.join(5)  # before its socket goes: a recv on a closed fd fails in the thread
         theirs.close()
+
+
+async def _start_over(go_ahead: bool) -> list[object]:
+    """Spawner.start on a channel whose init end records what it receives and then
+    closes (as an exec closes it)."""
+    ours, theirs = Channel.pair()
+    received: list[object] = []
+
+    def init() -> None:
+        if go_ahead:  # whatever start sends comes at once: look after a while
+            time.sleep(0.05)
+            theirs.sock.setblocking(False)
+        with contextlib.suppress(ChannelClosed, BlockingIOError):
+            received.append(theirs.receive())
+        theirs.close()
+
+    thread = threading.Thread(target=init, daemon=True)
+    thread.start()
+    fd = ours.sock.detach()  # the spawner's start takes the fd over
+    zygote_end, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spawner = Spawner(zygote_end, 0)
+    with trio.fail_after(5):
+        await spawner.start(CreatedInit(pid=0, pidfd=-1, channel_fd=fd, pty_master=None),
+                            go_ahead)
+    thread.join(5)
+    spawner.close()
+    other.close()
+    return received
+
+
+async def test_start_sends_start() -> None:
+    assert [type(m) for m in await _start_over(go_ahead=False)] == [Start]
+
+
+async def test_go_ahead_start_only_waits_for_the_exec() -> None:
+    """An init created with go_ahead execs by itself: start sends nothing (the init
+    would read no Start before its exec) and returns once the channel closes."""
+    assert await _start_over(go_ahead=True) == []
