@@ -387,12 +387,22 @@ def remove_leftover_containers(work: Path, notes: list[str]) -> None:
                          f"{name} delete")
 
 
-def remove_cgroups(prefix: str) -> None:
-    """rmdir the cgroups named ``prefix*`` that the runtimes left at hierarchy tops."""
+def remove_cgroups(prefix: str, wait: float = 10.0) -> None:
+    """rmdir the cgroups named ``prefix*`` that the runtimes left at hierarchy tops.
+    One still busy is retried for up to ``wait`` seconds: a conmon outlives the
+    ``podman rm`` that stopped its container by a few milliseconds."""
+    deadline = time.monotonic() + wait
     for hierarchy in cgroup_hierarchies(_read_mounts()):
         for top in Path(hierarchy).glob(f"{prefix}*"):
             for directory, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
-                os.rmdir(directory)
+                while True:
+                    try:
+                        os.rmdir(directory)
+                        break
+                    except OSError as exc:
+                        if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
 
 
 def remove_created_dirs(created: Sequence[str], notes: list[str]) -> None:

@@ -1,6 +1,6 @@
 """A container's directory on disk: the overlay's upper, work and merged dirs, and the
-files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf. Writes are atomic (a
-temp file renamed into place). Its spec is in the database only.
+files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf (derived data, written
+anew by every prepare). Its spec is in the database only.
 """
 
 from __future__ import annotations
@@ -89,10 +89,19 @@ class ContainerDir:
 
     def write_etc_files(self, texts: dict[str, str]) -> dict[str, str]:
         """Write the files the container gets at /etc (``{"hostname": text, "hosts":
-        ..., "resolv.conf": ...}``); return {container path: host path}."""
+        ..., "resolv.conf": ...}``); return {container path: host path}.
+
+        In place, not by rename: every prepare writes them anew before a run (a torn
+        file never reaches a container), and a file bind-mounted into a container
+        keeps its inode."""
         paths = {f"/etc/{name}": os.path.join(self.etc, name) for name in texts}
         for name, text in texts.items():
-            atomic_write(paths[f"/etc/{name}"], text.encode(), mode=0o644, durable=False)
+            fd = os.open(paths[f"/etc/{name}"],
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
         return paths
 
     def remove(self, remover: Callable[[str], None] | None = None) -> None:

@@ -151,7 +151,12 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
+_seccomp_docs: dict[int, tuple[Seccomp, dict[str, Any]]] = {}
+
+
 def _plain(value: Any) -> Any:
+    if isinstance(value, Seccomp):
+        return _seccomp_doc(value)
     if hasattr(value, "_fields"):
         return {
             _camel(name): _plain(getattr(value, name))
@@ -161,6 +166,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def _seccomp_doc(profile: Seccomp) -> dict[str, Any]:
+    """A profile's document, converted once per profile object: the default profile is
+    one object per capability set (cached by its maker), and its ~500 rule fields are
+    most of a spec's conversion. The document is shared: readers must not change it."""
+    known = _seccomp_docs.get(id(profile))
+    if known is not None and known[0] is profile:
+        return known[1]
+    doc = {_camel(name): _plain(getattr(profile, name)) for name in profile._fields
+           if getattr(profile, name) not in (None, ())}
+    if len(_seccomp_docs) >= 32:
+        _seccomp_docs.clear()
+    _seccomp_docs[id(profile)] = (profile, doc)  # held here, so its id is not reused
+    return doc
 
 
 def _to_oci(spec: ContainerSpec) -> dict[str, Any]:
