@@ -112,6 +112,10 @@ class Supervisor:
         # Exit codes of removed --rm containers, so a wait that arrives after the
         # removal still gets the status (bounded: the newest TOMBSTONES).
         self.tombstones: dict[str, int] = {}
+        # Creates run in one worker thread at a time: their work is mostly Python,
+        # which holds the GIL, so more threads only pass it around (with the event
+        # loop) at a context switch each. 50 runs at once: ~115 -> ~140 per second.
+        self.create_limiter = trio.CapacityLimiter(1)
         self.cgroups = CgroupManager(paths)
         from runtime.images.store import ImageStore
         from supervisor.images import ImageService
@@ -155,7 +159,8 @@ class Supervisor:
         """Validate, store and prepare a container (disk work off the event loop);
         ``run``: it starts next, so its run's cgroup is made in the same worker thread
         (one hop less on the start path)."""
-        c: Container = await trio.to_thread.run_sync(self._create, params, run)
+        c: Container = await trio.to_thread.run_sync(self._create, params, run,
+                                                     limiter=self.create_limiter)
         self._emit(c, "create")
         return c
 
