@@ -256,9 +256,15 @@ _ignored_at_fork: tuple[int, ...] | None = None
 
 def ignored_signals() -> tuple[int, ...]:
     """The signals this process ignores, as the kernel has them (SigIgn in
-    /proc/self/status): glibc's reserved 32 and 33 too, which Python cannot name."""
-    with open("/proc/self/status", "rb") as f:
-        mask = next(int(line.split()[1], 16) for line in f if line.startswith(b"SigIgn:"))
+    /proc/self/status): glibc's reserved 32 and 33 too, which Python cannot name.
+    Without a /proc: those Python knows ignored, and glibc's two (reset either way)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith(b"SigIgn:"))
+    except (OSError, StopIteration):
+        return (*(sig for sig in signal.valid_signals()
+                  if sig not in (signal.SIGKILL, signal.SIGSTOP)
+                  and signal.getsignal(sig) == signal.SIG_IGN), *GLIBC_RESERVED_SIGNALS)
     return tuple(n for n in range(1, 65) if mask >> (n - 1) & 1)
 
 

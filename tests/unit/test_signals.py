@@ -1,0 +1,48 @@
+"""The signals an init resets before its exec: those its zygote ignores, as the kernel
+reports them."""
+
+from __future__ import annotations
+
+import builtins
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from runtime import init
+
+
+@pytest.fixture
+def ignoring_usr1_and_hup() -> Iterator[None]:
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_ignored_signals_come_from_the_kernel(ignoring_usr1_and_hup: None) -> None:
+    ignored = init.ignored_signals()
+    assert {signal.SIGUSR1, signal.SIGHUP, signal.SIGPIPE} <= set(ignored)
+    assert signal.SIGUSR2 not in ignored
+
+
+def test_ignored_signals_without_proc(ignoring_usr1_and_hup: None,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc (a spec without the mount): what Python knows, and glibc's two."""
+    def no_proc(path: object, *args: object, **kwargs: object) -> object:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    ignored = init.ignored_signals()
+    assert {signal.SIGUSR1, signal.SIGHUP, signal.SIGPIPE, 32, 33} <= set(ignored)
+    assert signal.SIGUSR2 not in ignored
+
+
+def test_remembered_signals_are_the_ones_reset(ignoring_usr1_and_hup: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zygote notes its ignored signals once; an init resets those without looking."""
+    monkeypatch.setattr(init, "_ignored_at_fork", None)
+    init.remember_ignored_signals()
+    assert signal.SIGUSR1 in init._ignored_at_fork  # type: ignore[operator]
