@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -90,10 +91,32 @@ def _report(channel: Channel, err: int, message: str) -> None:
         channel.send(SetupFailed(err, message))
 
 
+_supervisor_pidfd: int | None = None
+
+
+def remember_supervisor(pidfd: int) -> None:
+    """For a process that forks inits (the zygote): the supervisor's pidfd, which each
+    init checks once its parent-death signal is armed."""
+    global _supervisor_pidfd
+    _supervisor_pidfd = pidfd
+
+
+def supervisor_gone(pidfd: int | None) -> bool:
+    """Whether the process of ``pidfd`` has exited (a pidfd polls readable then)."""
+    if pidfd is None:
+        return False
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
-    # If the parent dies before this is armed, the channel tells: the init never
-    # execs without the parent's Start.
+    # The supervisor's death kills the init from here on. One that came before is seen
+    # on the supervisor's pidfd: an init whose parent is gone never runs its command
+    # (with go_ahead it waits for no Start that would tell it).
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if supervisor_gone(_supervisor_pidfd):
+        os._exit(125)
     if paths.stdin_devnull:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)

@@ -38,7 +38,7 @@ from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
 from runtime.execute import create_exec
 from runtime.idmap import IdMapPlan, run_in_user_namespace
-from runtime.init import InitConfig, remember_ignored_signals
+from runtime.init import InitConfig, remember_ignored_signals, remember_supervisor
 from runtime.spec import ContainerSpec, IdMapping
 
 MAX_PACKET = 1 << 20
@@ -91,6 +91,7 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
     remember_ignored_signals()  # each init resets these (and only these) before its exec
+    remember_supervisor(os.pidfd_open(os.getppid()))  # forked by it: still its parent
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)

@@ -1,5 +1,5 @@
-"""The signals an init resets before its exec: those its zygote ignores, as the kernel
-reports them."""
+"""What an init takes from its zygote: the signals to reset before its exec (those the
+zygote ignores, as the kernel reports them), and its supervisor's pidfd."""
 
 from __future__ import annotations
 
@@ -46,3 +46,24 @@ def test_remembered_signals_are_the_ones_reset(ignoring_usr1_and_hup: None,
     monkeypatch.setattr(init, "_ignored_at_fork", None)
     init.remember_ignored_signals()
     assert signal.SIGUSR1 in init._ignored_at_fork  # type: ignore[operator]
+
+
+def test_supervisor_gone_follows_the_process() -> None:
+    """An init checks its supervisor's pidfd once its parent-death signal is armed."""
+    import os
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.read(read, 1)
+        os._exit(0)
+    pidfd = os.pidfd_open(child)
+    try:
+        assert not init.supervisor_gone(pidfd)
+        os.write(write, b"x")
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        assert init.supervisor_gone(pidfd)
+        assert not init.supervisor_gone(None)
+    finally:
+        for fd in (pidfd, read, write):
+            os.close(fd)
