@@ -73,11 +73,14 @@ class ContainerDir:
 
     @property
     def etc(self) -> str:
-        return os.path.join(self.path, "etc")
+        """Where the /etc files are: the directory itself (a subdirectory would be one
+        more inode to make and remove per container; containers made before kept
+        them in etc/, which goes with the directory)."""
+        return self.path
 
     def make_dirs(self) -> None:
         os.mkdir(self.path, 0o700)
-        for sub in (self.upper, self.work, self.merged, self.etc):
+        for sub in (self.upper, self.work, self.merged):
             os.mkdir(sub, 0o755)
 
     def hand_over(self, uid: int, gid: int) -> None:
