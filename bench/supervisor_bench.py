@@ -1097,13 +1097,27 @@ def open_bench(prefix: str, sizes: Sizes, notes: list[str], *, chdir: bool = Fal
 def benchmark(sizes: Sizes, only: Sequence[str], notes: list[str]) -> list[Section]:
     if os.geteuid() != 0:
         raise BenchError("the bench needs root (crun/runc bundles, podman, the cgroup tmpfs)")
+    before = host_dentries()
     with open_bench(f"myctr-sbench-{os.getpid()}", sizes, notes) as bench:
         progress(f"tools: {', '.join(tool_names(bench))}; work dir {bench.work}")
         results = {}
         for name in (n for n in RUN_ORDER if n in only):
             progress(f"{name} ...")
             results[name] = SECTIONS[name](bench)
-        return [results[name] for name in SECTIONS if name in results]
+    if before is not None:
+        notes.append(f"host dentries {before} before, {host_dentries()} after (with "
+                     "~700,000 of them, left by many thousand container starts, every tool "
+                     "ran up to 40% slower here: compare tools within one run)")
+    return [results[name] for name in SECTIONS if name in results]
+
+
+def host_dentries() -> int | None:
+    """The kernel's dentry count (/proc/sys/fs/dentry-state), None if unreadable."""
+    try:
+        with open("/proc/sys/fs/dentry-state") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def bench_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
