@@ -1,6 +1,6 @@
 """A container's directory on disk: the overlay's upper, work and merged dirs, and the
-files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf (derived data, written
-anew by every prepare). Its spec is in the database only.
+files it gets at /etc/hostname, /etc/hosts and /etc/resolv.conf (written anew by every
+prepare; a rewrite is atomic). Its spec is in the database only.
 """
 
 from __future__ import annotations
@@ -94,13 +94,17 @@ class ContainerDir:
         """Write the files the container gets at /etc (``{"hostname": text, "hosts":
         ..., "resolv.conf": ...}``); return {container path: host path}.
 
-        In place, not by rename: every prepare writes them anew before a run (a torn
-        file never reaches a container), and a file bind-mounted into a container
-        keeps its inode."""
+        A new file is written where it stands (no container sees it before its first
+        run); one that exists is replaced whole (temp file and rename): a run starting
+        meanwhile binds the old file or the new, never a torn one."""
         paths = {f"/etc/{name}": os.path.join(self.etc, name) for name in texts}
         for name, text in texts.items():
-            fd = os.open(paths[f"/etc/{name}"],
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            path = paths[f"/etc/{name}"]
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                atomic_write(path, text.encode(), mode=0o644, durable=False)
+                continue
             try:
                 os.write(fd, text.encode())
             finally:

@@ -17,7 +17,7 @@ import signal
 from . import libc
 from .channel import Channel, Placed
 from .create import InitProcess, spawn
-from .init import InitConfig, become_process, run_guarded
+from .init import InitConfig, become_process, forget_supervisor, run_guarded
 from .spec import ContainerSpec
 
 _JOIN = {
@@ -50,6 +50,7 @@ def _join(spec: ContainerSpec, config: InitConfig, container_pidfd: int,
     channel.expect(Placed)  # in the container's cgroups before anything forks
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    forget_supervisor()  # it lives as long as the process: no handle on the supervisor
     if config.stdin_devnull:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)

@@ -101,6 +101,15 @@ def remember_supervisor(pidfd: int) -> None:
     _supervisor_pidfd = pidfd
 
 
+def forget_supervisor() -> None:
+    """Close the supervisor's pidfd in a child that does not exec soon (the joiner of
+    an exec, which waits for Start and dies with the supervisor)."""
+    global _supervisor_pidfd
+    if _supervisor_pidfd is not None:
+        os.close(_supervisor_pidfd)
+        _supervisor_pidfd = None
+
+
 def supervisor_gone(pidfd: int | None) -> bool:
     """Whether the process of ``pidfd`` has exited (a pidfd polls readable then)."""
     if pidfd is None:
@@ -110,13 +119,18 @@ def supervisor_gone(pidfd: int | None) -> bool:
     return bool(poller.poll(0))
 
 
-def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
-    # The supervisor's death kills the init from here on. One that came before is seen
-    # on the supervisor's pidfd: an init whose parent is gone never runs its command
-    # (with go_ahead it waits for no Start that would tell it).
+def arm_parent_death() -> None:
+    """Be killed when the supervisor dies, from now on; exit now if it died already
+    (seen on its pidfd: an init whose parent is gone never runs its command, and with
+    go_ahead it waits for no Start that would tell it). The kernel disarms the signal
+    at every change of credentials: called again after each."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if supervisor_gone(_supervisor_pidfd):
         os._exit(125)
+
+
+def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
+    arm_parent_death()
     if paths.stdin_devnull:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -125,6 +139,7 @@ def _init(spec: ContainerSpec, paths: InitConfig, channel: Channel) -> None:
     if spec.uses_user_namespace:
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+        arm_parent_death()  # (a mapped root is another host uid: disarmed)
     if paths.unshare_cgroupns:  # now that the parent moved us into our cgroup
         libc.unshare(libc.CLONE_NEWCGROUP)
     _build_root(spec, paths)
@@ -244,6 +259,7 @@ def _drop_privileges(spec: ContainerSpec, config: InitConfig, user: ResolvedUser
     if config.seccomp_bpf is not None:
         install_bpf(config.seccomp_bpf)
     _set_ids(user, spec.uses_user_namespace)
+    arm_parent_death()  # disarmed by the change of ids
     capabilities.apply_sets(caps)
     libc.prctl(libc.PR_SET_KEEPCAPS, 0)
 

@@ -238,6 +238,7 @@ _FLTATR_CTL_NNP = 3  # set no_new_privs on load
 _FLTATR_API_SYSRAWRC = 9  # report the kernel's errno from seccomp_load
 _FLTATR_CTL_OPTIMIZE = 8  # 2: syscalls sorted into a binary tree (libseccomp >= 2.5)
 _OPTIMIZE_BINARY_TREE = 2
+_TREE_FROM_RULES = 8
 
 
 class _ArgCmp(ctypes.Structure):
@@ -322,7 +323,7 @@ def _filter_context(profile: Seccomp) -> Iterator[tuple[ctypes.CDLL, int]]:
     if not ctx:
         raise OSError(errno.EINVAL, f"seccomp_init {compiled.default_action:#x}: failed")
     try:
-        _configure(lib, ctx, compiled.arch_tokens)
+        _configure(lib, ctx, compiled.arch_tokens, sum(len(r.names) for r in compiled.rules))
         for rule in compiled.rules:
             _add_rule(lib, ctx, rule)
         yield lib, ctx
@@ -337,17 +338,21 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def _configure(lib: ctypes.CDLL, ctx: int, arch_tokens: tuple[int, ...]) -> None:
+def _configure(lib: ctypes.CDLL, ctx: int, arch_tokens: tuple[int, ...],
+               syscall_rules: int) -> None:
     _check(lib.seccomp_attr_set(ctx, _FLTATR_CTL_NNP, 0), "seccomp_attr_set CTL_NNP")
     _check(lib.seccomp_attr_set(ctx, _FLTATR_API_SYSRAWRC, 1), "seccomp_attr_set API_SYSRAWRC")
     # A binary tree, not a chain: a syscall takes ~log2(n) comparisons instead of up to
     # n (each of the container's syscalls that the kernel's cache cannot answer pays
     # them), and the kernel's attach, which emulates the filter for every syscall
     # number of each architecture to build that cache, costs ~0.2 ms less. Older
-    # libseccomp lacks the attribute: the chain is as correct, only slower.
-    rc = lib.seccomp_attr_set(ctx, _FLTATR_CTL_OPTIMIZE, _OPTIMIZE_BINARY_TREE)
-    if rc not in (0, -errno.EINVAL, -errno.EOPNOTSUPP):
-        _check(rc, "seccomp_attr_set CTL_OPTIMIZE")
+    # libseccomp lacks the attribute: the chain is as correct, only slower. As runc
+    # does, only from 8 syscall rules on: libseccomp up to 2.5.3 loses the default
+    # action of a tree without rules (its issue 370), and a short chain is as fast.
+    if syscall_rules >= _TREE_FROM_RULES:
+        rc = lib.seccomp_attr_set(ctx, _FLTATR_CTL_OPTIMIZE, _OPTIMIZE_BINARY_TREE)
+        if rc not in (0, -errno.EINVAL, -errno.EOPNOTSUPP):
+            _check(rc, "seccomp_attr_set CTL_OPTIMIZE")
     for token in arch_tokens:
         rc = lib.seccomp_arch_add(ctx, token)
         if rc != -errno.EEXIST:  # the native architecture is there from seccomp_init

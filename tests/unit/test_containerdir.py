@@ -30,6 +30,25 @@ class TestFiles:
         cdir.remove()
         assert not os.path.exists(cdir.path)
 
+    def test_etc_files_rewritten_whole(self, tmp_path: Path) -> None:
+        """A rewrite replaces each file (a new inode: a run that bound the old one
+        keeps it whole); the first write makes it in place, with no temporary."""
+        paths = StatePaths.under(tmp_path)
+        paths.ensure()
+        cdir = ContainerDir(paths, containerdir.new_id())
+        cdir.make_dirs()
+        hosts = cdir.write_etc_files({"hosts": "one\n"})["/etc/hosts"]
+        first = os.stat(hosts).st_ino
+        kept = os.open(hosts, os.O_RDONLY)  # as a bind mount holds it
+        try:
+            cdir.write_etc_files({"hosts": "two\n"})
+            assert os.stat(hosts).st_ino != first
+            assert os.pread(kept, 100, 0) == b"one\n"
+        finally:
+            os.close(kept)
+        assert Path(hosts).read_text() == "two\n"
+        assert sorted(os.listdir(cdir.path)) == ["hosts", "merged", "upper", "work"]
+
     def test_process_start_time_names_a_live_process(self) -> None:
         """Our own start time is known and stable; a dead pid has none."""
         assert containerdir.process_start_time(os.getpid()) > 0

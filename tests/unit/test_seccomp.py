@@ -311,6 +311,8 @@ def program() -> bytes:
     return export_bpf(default_profile(DEFAULT_CAPABILITIES))
 
 
+@pytest.mark.skipif(ctypes.util.find_library("seccomp") is None,
+                    reason="exporting a filter needs libseccomp")
 class TestExportedProgram:
     def test_policy(self, program: bytes) -> None:
         """The program answers as the profile says, for both x86 ABIs."""

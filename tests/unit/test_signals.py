@@ -67,3 +67,37 @@ def test_supervisor_gone_follows_the_process() -> None:
     finally:
         for fd in (pidfd, read, write):
             os.close(fd)
+
+
+def test_an_init_whose_supervisor_is_gone_exits() -> None:
+    """Arming the parent-death signal also looks at the supervisor's pidfd: a child
+    whose supervisor died first exits 125 there (and one whose supervisor lives goes
+    on), whenever it (re)arms."""
+    import os
+
+    def child_status(supervisor_alive: bool) -> int:
+        read, write = os.pipe()
+        supervisor = os.fork()
+        if supervisor == 0:
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+        pidfd = os.pidfd_open(supervisor)
+        if not supervisor_alive:
+            os.write(write, b"x")
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        child = os.fork()
+        if child == 0:
+            init.remember_supervisor(pidfd)
+            init.arm_parent_death()
+            os._exit(0)
+        status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        os.close(write)
+        os.close(read)
+        if supervisor_alive:
+            os.waitpid(supervisor, 0)
+        os.close(pidfd)
+        return status
+
+    assert child_status(supervisor_alive=False) == 125
+    assert child_status(supervisor_alive=True) == 0
