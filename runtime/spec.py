@@ -158,14 +158,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Seccomp):
         return _seccomp_doc(value)
     if hasattr(value, "_fields"):
-        return {
-            _camel(name): _plain(getattr(value, name))
-            for name in value._fields
-            if getattr(value, name) not in (None, ())
-        }
+        return _record_doc(value)
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def _record_doc(value: Any) -> dict[str, Any]:
+    """A record's fields, camelCased, without the empty ones."""
+    return {
+        _camel(name): _plain(getattr(value, name))
+        for name in value._fields
+        if getattr(value, name) not in (None, ())
+    }
 
 
 def _seccomp_doc(profile: Seccomp) -> dict[str, Any]:
@@ -175,8 +180,7 @@ def _seccomp_doc(profile: Seccomp) -> dict[str, Any]:
     known = _seccomp_docs.get(id(profile))
     if known is not None and known[0] is profile:
         return known[1]
-    doc = {_camel(name): _plain(getattr(profile, name)) for name in profile._fields
-           if getattr(profile, name) not in (None, ())}
+    doc = _record_doc(profile)
     if len(_seccomp_docs) >= 32:
         _seccomp_docs.clear()
     _seccomp_docs[id(profile)] = (profile, doc)  # held here, so its id is not reused

@@ -411,7 +411,7 @@ class Supervisor:
                     log.error("network setup failed", container_id=c.id, error=repr(exc))
                     raise HostError(f"network setup failed: {exc}") from exc
                 raise
-            await self.spawner.start(init, go_ahead)
+            await self.spawner.start(init)
         except BaseException as exc:
             if not isinstance(exc, ContainerError):  # cancelled before its exec: end it
                 with contextlib.suppress(ProcessLookupError):

@@ -49,9 +49,10 @@ class Spawner:
         document when the caller has it already. ``on_pid`` learns the init's pid as
         soon as the zygote tells it: with ``config.go_ahead`` the command may have run
         and exited before this returns."""
-        return await self._ask(
+        init = await self._ask(
             zygote.encode_request(spec, config, plan, cgroup_procs=cgroup_procs,
                                   spec_doc=spec_doc), stdio, on_pid)
+        return init._replace(go_ahead=config.go_ahead)
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
                           stdio: tuple[int, int, int], init_pidfd: int,
@@ -118,13 +119,13 @@ class Spawner:
         return await _until_ready(CreatedInit(pid=reply["pid"], pidfd=received[0],
                                               channel_fd=received[1], pty_master=None))
 
-    async def start(self, init: CreatedInit, go_ahead: bool = False) -> None:
-        """Let the init exec (``go_ahead``: it was created to go on by itself); return
-        once it did. Raise ExecFailed, or SetupFailed for a failure on the way."""
+    async def start(self, init: CreatedInit) -> None:
+        """Let the init exec (unless it was created to go on by itself); return once
+        it did. Raise ExecFailed, or SetupFailed for a failure on the way."""
         sock = socket.socket(fileno=init.channel_fd)
         channel = Channel(sock)
         try:
-            if not go_ahead:
+            if not init.go_ahead:
                 channel.send(Start())
             await trio.lowlevel.wait_readable(sock)
             reply = channel.receive()

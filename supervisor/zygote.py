@@ -49,6 +49,7 @@ class CreatedInit(NamedTuple):
     pidfd: int
     channel_fd: int
     pty_master: int | None
+    go_ahead: bool = False  # created to exec without a Start (InitConfig.go_ahead)
 
 
 def start_zygote(run_dir: str, cleanup: bool = True,

@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any, NamedTuple
 
+from ..containerdir import read_file
 from ..errors import HostError, SpecError
 from .limits import Resources
 
@@ -100,15 +101,8 @@ def host_dir(h: MountedHierarchy, path: str) -> str:
 
 
 def read(path: str) -> str:
-    """A cgroup file's text (plain os calls: the event loop reads a few per run)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode()
+    """A cgroup file's text."""
+    return read_file(path).decode()
 
 
 def write(path: str, value: str) -> None:

@@ -79,8 +79,8 @@ async def _start_over(go_ahead: bool) -> list[object]:
     zygote_end, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     spawner = Spawner(zygote_end, 0)
     with trio.fail_after(5):
-        await spawner.start(CreatedInit(pid=0, pidfd=-1, channel_fd=fd, pty_master=None),
-                            go_ahead)
+        await spawner.start(CreatedInit(pid=0, pidfd=-1, channel_fd=fd, pty_master=None,
+                                        go_ahead=go_ahead))
     thread.join(5)
     spawner.close()
     other.close()
