@@ -69,5 +69,37 @@ class StatePaths:
         for path in (self.data, self.containers):
             os.makedirs(path, mode=0o711, exist_ok=True)
             os.chmod(path, 0o711)
+        spread_subdirectories(self.containers)
         for path in (self.run, self.log):
             os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirectories(path: str) -> bool:
+    """Mark ``path`` a top of a directory hierarchy (``chattr +T``): ext2/3/4 then
+    place each new subdirectory (a container's) in a block group of its own (the
+    Orlov allocator), not all in the group of ``path``. Without a journal, ext4 skips
+    each inode of its group deleted within the last minute (or five) when it
+    allocates one; with containers made and removed by the hundred, every new inode
+    scanned thousands (~1 ms of each container start here). Best effort: False where
+    the file system has no such flag (xfs, btrfs, tmpfs)."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(4)))[0]
+        if not flags & FS_TOPDIR_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_TOPDIR_FL))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from runtime import containerdir
 from runtime.containerdir import ContainerDir
-from runtime.paths import StatePaths
+from runtime.paths import FS_IOC_GETFLAGS, FS_TOPDIR_FL, StatePaths, spread_subdirectories
 
 
 class TestFiles:
@@ -53,3 +58,34 @@ class TestFiles:
         """Our own start time is known and stable; a dead pid has none."""
         assert containerdir.process_start_time(os.getpid()) > 0
         assert containerdir.process_start_time(2**22 + 1) == 0
+
+
+def _dir_flags(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(4)))[0])
+    finally:
+        os.close(fd)
+
+
+def test_containers_dir_spreads_its_subdirectories(tmp_path: Path) -> None:
+    """ensure() marks the containers dir +T (ext4: each container dir in a block group
+    of its own); where the file system has no such flag it goes on without."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not spread_subdirectories(str(probe)):
+        pytest.skip(f"the file system of {tmp_path} has no FS_TOPDIR_FL (not ext2/3/4)")
+    paths = StatePaths.under(tmp_path / "root")
+    paths.ensure()
+    assert _dir_flags(paths.containers) & FS_TOPDIR_FL
+    assert not _dir_flags(paths.data) & FS_TOPDIR_FL
+    paths.ensure()  # again: already set, still fine
+    assert _dir_flags(paths.containers) & FS_TOPDIR_FL
+
+
+def test_spreading_is_best_effort(tmp_path: Path) -> None:
+    assert spread_subdirectories(str(tmp_path / "missing")) is False
+    shm = Path("/dev/shm")
+    if shm.is_dir():  # tmpfs (no FS_TOPDIR_FL here): an answer, not an error
+        with tempfile.TemporaryDirectory(dir=shm) as d:
+            assert spread_subdirectories(d) in (True, False)
