@@ -804,6 +804,7 @@ class Supervisor:
         reaping it); reap every zombie child that no task of ours waits for."""
         with trio.open_signal_receiver(signal.SIGCHLD) as sigchld:
             async for _ in sigchld:
+                await self.spawner.settled()  # no init of ours is unknown to us then
                 for pid in _zombie_children():
                     if pid not in self.known_children:
                         with contextlib.suppress(ChildProcessError):
@@ -890,7 +891,11 @@ async def _wait_exit(pid: int, pidfd: int) -> int:
     """Wait for our child ``pid`` to exit (pidfd readable), reap it, return docker's
     exit code (128+N when killed by signal N)."""
     await trio.lowlevel.wait_readable(pidfd)
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped by someone else: a bug, but not the end of us
+        log.error("exit status lost: the process was reaped elsewhere", pid=pid)
+        return 255
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 

@@ -38,6 +38,19 @@ class Spawner:
         self._sock = trio.socket.from_stdlib_socket(sock)
         self._lock = trio.Lock()
         self.zygote_pid = zygote_pid
+        # Inits cloned whose pid the caller may not know yet (see settled()).
+        self._in_flight = 0
+        self._settled = trio.Event()
+        self._settled.set()
+
+    async def settled(self) -> None:
+        """Return once every init asked for is known to its caller: created ones from
+        ``on_pid`` on, exec'd ones once ``create_exec`` returned. An init goes on after
+        Placed, before the zygote even answers: a fast command can exit and be a zombie
+        of ours before its pid reaches us. The stray reaper waits here, so that it
+        never takes such an exit status from the container's own waiter."""
+        while self._in_flight:
+            await self._settled.wait()
 
     async def create(self, spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                      stdio: tuple[int, int, int],
@@ -95,6 +108,18 @@ class Spawner:
 
     async def _ask(self, payload: bytes, fds: tuple[int, ...],
                    on_pid: Callable[[int], None] | None = None) -> CreatedInit:
+        self._in_flight += 1
+        if self._settled.is_set():
+            self._settled = trio.Event()
+        try:
+            return await self._exchange(payload, fds, on_pid)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+
+    async def _exchange(self, payload: bytes, fds: tuple[int, ...],
+                        on_pid: Callable[[int], None] | None) -> CreatedInit:
         async with self._lock:
             # One request, one reply: a cancellation between the two would leave this
             # reply queued for the next request (a stop landing mid-restart did that).

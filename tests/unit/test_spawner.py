@@ -95,3 +95,49 @@ async def test_go_ahead_start_only_waits_for_the_exec() -> None:
     """An init created with go_ahead execs by itself: start sends nothing (the init
     would read no Start before its exec) and returns once the channel closes."""
     assert await _start_over(go_ahead=True) == []
+
+
+def _failing_zygote(sock: socket.socket, delay: float) -> None:
+    """Answers each request after ``delay`` with a failure that names no init."""
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        time.sleep(delay)
+        with contextlib.suppress(OSError):
+            sock.send(json.dumps({"ok": False, "pid": None, "error": {
+                "type": "HostError", "errno": 0, "message": "no init"}}).encode())
+
+
+async def test_settled_waits_for_every_request_in_flight() -> None:
+    """The stray reaper waits on settled(): it must not return while an init may have
+    been cloned whose pid its caller does not know yet, and must once none is."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    thread = threading.Thread(target=_failing_zygote, args=(theirs, 0.1), daemon=True)
+    thread.start()
+    spawner = Spawner(ours, zygote_pid=0)
+    failures = []
+
+    async def ask() -> None:
+        try:
+            await spawner._ask(b"{}", ())
+        except HostError as exc:
+            failures.append(str(exc))
+
+    try:
+        with trio.fail_after(5):
+            await spawner.settled()  # nothing asked yet
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                nursery.start_soon(ask)
+                await trio.sleep(0.02)
+                with trio.move_on_after(0.05) as waited:
+                    await spawner.settled()
+                assert waited.cancelled_caught, "settled() returned with requests in flight"
+                await spawner.settled()
+                assert failures == ["no init", "no init"]  # both answered first
+            await spawner.settled()
+    finally:
+        spawner.close()
+        thread.join(5)
+        theirs.close()
