@@ -131,12 +131,44 @@ def last_cap() -> int:
         return max(CAPABILITY_NUMBERS.values())
 
 
-def drop_bounding(keep: Iterable[str]) -> None:
-    """Drop every capability not in ``keep`` from the bounding set (needs CAP_SETPCAP)."""
-    keep_mask = to_mask(keep)
-    for bit in range(last_cap() + 1):
-        if not keep_mask >> bit & 1 and libc.prctl(libc.PR_CAPBSET_READ, bit) == 1:
+def bounding_set() -> int:
+    """This process's bounding set as a mask (CapBnd in /proc/self/status), or, without
+    a /proc, asked bit by bit."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            return next(int(line.split()[1], 16) for line in f if line.startswith(b"CapBnd:"))
+    except (OSError, StopIteration, ValueError):
+        return sum(1 << bit for bit in range(last_cap() + 1)
+                   if libc.prctl(libc.PR_CAPBSET_READ, bit) == 1)
+
+
+_at_fork: tuple[int, int] | None = None  # (last_cap, bounding set) of the zygote
+
+
+def remember_bounding_set() -> None:
+    """For a process that forks inits (the zygote): note the highest capability and
+    its bounding set once, so that each init drops just the bits it has without a
+    read per capability (two ctypes calls per bit in a fresh fork: ~0.1 ms of every
+    start)."""
+    global _at_fork
+    _at_fork = (last_cap(), bounding_set())
+
+
+def drop_bounding(keep: Iterable[str], user_namespace: bool = False) -> None:
+    """Drop every capability not in ``keep`` from the bounding set (needs CAP_SETPCAP).
+    ``user_namespace``: this process entered a user namespace it created or joined
+    since the fork, which gave it the full set; else it has its forker's (clone and
+    setns of other namespaces leave it alone)."""
+    last, current = _at_fork if _at_fork is not None else (last_cap(), bounding_set())
+    if user_namespace:
+        current = (1 << (last + 1)) - 1
+    extra = current & ~to_mask(keep)
+    bit = 0
+    while extra:
+        if extra & 1:
             libc.prctl(libc.PR_CAPBSET_DROP, bit)
+        extra >>= 1
+        bit += 1
 
 
 def apply_sets(caps: Capabilities) -> None:

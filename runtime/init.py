@@ -246,7 +246,7 @@ def _drop_privileges(spec: ContainerSpec, config: InitConfig, user: ResolvedUser
     if spec.process.no_new_privileges:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    capabilities.drop_bounding(caps.bounding)
+    capabilities.drop_bounding(caps.bounding, spec.uses_user_namespace)
     if config.seccomp_bpf is not None:
         install_bpf(config.seccomp_bpf)
     _set_ids(user, spec.uses_user_namespace)

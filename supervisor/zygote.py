@@ -33,6 +33,7 @@ import signal
 import socket
 from typing import Any, NamedTuple
 
+from runtime import capabilities
 from runtime.containerdir import rmtree
 from runtime.create import create
 from runtime.errors import ContainerError, ExecFailed, SetupFailed
@@ -92,6 +93,7 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
     remember_ignored_signals()  # each init resets these (and only these) before its exec
+    capabilities.remember_bounding_set()  # and drops the bits of this set it must drop
     remember_supervisor(os.pidfd_open(os.getppid()))  # forked by it: still its parent
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
