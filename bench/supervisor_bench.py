@@ -434,9 +434,11 @@ class Bench:
     sup: Supervisor
     spec_tool: str | None
     oci: list[Oci] = dataclasses.field(default_factory=list)
+    same: list[Oci] = dataclasses.field(default_factory=list)  # those running same_bundle
     podman: Podman | None = None
     serial: Iterator[int] = dataclasses.field(default_factory=itertools.count)
     bundles: dict[tuple[str, ...], Path] = dataclasses.field(default_factory=dict)
+    same_bundles: dict[tuple[str, ...], Path] = dataclasses.field(default_factory=dict)
 
     def name(self, tag: str) -> str:
         """A container name unique to this run; its prefix marks cgroups as ours."""
@@ -465,6 +467,56 @@ class Bench:
     def myctr_params(self, command: Sequence[str], **more: Any) -> dict[str, Any]:
         return {"rootfs": str(self.rootfs), "command": list(command), **more}
 
+    def same_bundle(self, args: Sequence[str]) -> Path:
+        """An OCI bundle with the very config myctr's supervisor makes for a container
+        running ``args`` (docker's seccomp profile, its 14 capabilities, masked and
+        read-only paths, the cgroup namespace, /etc/hostname, hosts and resolv.conf):
+        the same work asked of crun and runc as of myctr, but for the overlay, which
+        they do not make (their root is a copy of the rootfs, read-only)."""
+        key = tuple(args)
+        if key not in self.same_bundles:
+            bundle = self.work / f"same-bundle{len(self.same_bundles)}"
+            rootfs = self.work / "same-rootfs"
+            if not rootfs.exists():  # their mount targets must not land in myctr's rootfs
+                shutil.copytree(self.rootfs, rootfs, symlinks=True)
+            bundle.mkdir()
+            config = same_config(myctr_spec(self.sup.client, self.myctr_params(args)),
+                                 rootfs, args, bundle)
+            (bundle / "config.json").write_text(json.dumps(config, indent=2))
+            self.same_bundles[key] = bundle
+        return self.same_bundles[key]
+
+
+def myctr_spec(client: Client, params: dict[str, Any]) -> dict[str, Any]:
+    """The OCI config the supervisor makes for a container of ``params`` (created,
+    inspected, removed), with the contents of the files it mounts: {path: text}."""
+    cid = client.call("container.create", params)["id"]
+    try:
+        spec: dict[str, Any] = client.call("container.inspect", {"id": cid})["spec"]
+        files = {m["source"]: Path(m["source"]).read_text() for m in spec.get("mounts", [])
+                 if "bind" in m.get("options", ()) and Path(m["source"]).is_file()}
+    finally:
+        client.call("container.remove", {"id": cid, "force": True})
+    return {"spec": spec, "files": files}
+
+
+def same_config(made: dict[str, Any], rootfs: Path, args: Sequence[str],
+                bundle: Path) -> dict[str, Any]:
+    """myctr's config (:func:`myctr_spec`) for crun and runc: the root is ``rootfs``
+    used as is (read-only), the bound /etc files are copies in ``bundle``, the
+    process runs ``args`` without a terminal."""
+    spec = json.loads(json.dumps(made["spec"]))
+    for mount in spec.get("mounts", []):
+        text = made["files"].get(mount.get("source"))
+        if text is not None:
+            copy = bundle / Path(mount["source"]).name
+            copy.write_text(text)
+            mount["source"] = str(copy)
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec["process"] = {**spec["process"], "args": list(args), "terminal": False}
+    spec.pop("annotations", None)
+    return spec
+
 
 def progress(message: str) -> None:
     print(f"[supervisor_bench] {message}", file=sys.stderr, flush=True)
@@ -481,6 +533,10 @@ def find_tools(bench: Bench) -> None:
         if works(bench, Tool(name, lambda cid, o=oci: o.argv(
                 "run", "-b", bench.bundle(["/bin/true"]), cid))):
             bench.oci.append(oci)
+            same = dataclasses.replace(oci, name=f"{name}-same")
+            if works(bench, Tool(same.name, lambda cid, o=oci: o.argv(
+                    "run", "-b", bench.same_bundle(["/bin/true"]), cid))):
+                bench.same.append(same)
     binary = shutil.which("podman")
     if binary is None:
         bench.notes.append("podman: not installed, skipped (make bench-deps installs it)")
@@ -566,6 +622,9 @@ def measure_start(bench: Bench) -> Section:
     for oci in bench.oci:
         runners[oci.name] = whole(Tool(oci.name, lambda cid, o=oci: o.argv(
             "run", "-b", bench.bundle(["/bin/true"]), cid)))
+    for oci in bench.same:
+        runners[oci.name] = whole(Tool(oci.name, lambda cid, o=oci: o.argv(
+            "run", "-b", bench.same_bundle(["/bin/true"]), cid)))
     if bench.podman:
         podman = bench.podman
         runners["podman"] = whole(Tool("podman", lambda cid: podman.run_argv(
@@ -592,7 +651,8 @@ def measure_start(bench: Bench) -> Section:
     if lost_waits:
         bench.notes.append(f"start: {len(lost_waits)} container.wait got 'not found' (the "
                            "auto-removed container was gone first); timed to that answer")
-    pairs = [("myctr-sup", other) for other in ("crun", "runc", "podman", "myctr-cli")]
+    pairs = [("myctr-sup", other) for other in ("crun", "runc", "podman", "myctr-cli",
+                                                 *(o.name for o in bench.same))]
     pairs += [("myctr-cli", "crun"), ("myctr-cli", "podman")]
     compared = tuple(comparison(rows, a, b, metric, label)
                      for metric, label in ((SETTLED, ""), (IN_A_ROW, "in a row:"))
@@ -606,7 +666,9 @@ def measure_start(bench: Bench) -> Section:
         f"included). Round-robin: each run follows a {START_PAUSE_S * 1000:.0f} ms pause, "
         "so that no tool inherits another's warm cgroup lock (a run within a grace period "
         "of another tool's cgroup move skips the wait for one). In a row: each tool's "
-        "runs back to back",
+        "runs back to back. crun-same/runc-same: with the config myctr makes (docker's "
+        "seccomp profile, 14 capabilities, cgroup namespace, /etc files) on a read-only "
+        "copy of the rootfs (no overlay)",
         rows, compared,
         (("myctr-sup <= crun", meets(value_of(rows, "myctr-sup", SETTLED),
                                      value_of(rows, "crun", SETTLED), higher=False)),
@@ -633,7 +695,11 @@ def measure_burst(bench: Bench) -> Section:
         remove_myctr(bench.sup.client, names)
     rows.append(burst_row("myctr", count, elapsed))
     for oci in bench.oci:
-        rows.append(burst_row(oci.name, count, burst_oci(bench, oci, count, command)))
+        rows.append(burst_row(oci.name, count, burst_oci(bench, oci, count,
+                                                         bench.bundle(command))))
+    for oci in bench.same:
+        rows.append(burst_row(oci.name, count, burst_oci(bench, oci, count,
+                                                         bench.same_bundle(command))))
     if bench.podman:
         rows.append(burst_row("podman", count, burst_podman(bench, bench.podman, count, command)))
     return Section(
@@ -641,8 +707,8 @@ def measure_burst(bench: Bench) -> Section:
         f"myctr: {count} container.run requests sent back to back on one connection, timed "
         f"until all {count} answered (each answers once its command runs). crun/runc: "
         f"{count} concurrent `run -d -b BUNDLE`; podman: {count} concurrent `run -d`; timed "
-        "from the first spawn until all exited. Figures in the brief: crun ~118/s, podman "
-        "~9/s",
+        "from the first spawn until all exited. crun-same/runc-same: the bundle holds the "
+        "config myctr makes (see start). Figures in the brief: crun ~118/s, podman ~9/s",
         tuple(rows), tuple(comparison(rows, "myctr", r.tool) for r in rows[1:]))
 
 
@@ -651,8 +717,7 @@ def burst_row(tool: str, count: int, elapsed: float) -> Row:
                f"{elapsed * 1000:.0f} ms for all")
 
 
-def burst_oci(bench: Bench, oci: Oci, count: int, command: Sequence[str]) -> float:
-    bundle = bench.bundle(command)
+def burst_oci(bench: Bench, oci: Oci, count: int, bundle: Path) -> float:
     names = [bench.name(f"burst-{oci.name}") for _ in range(count)]
     try:
         return run_all([oci.argv("run", "-d", "-b", bundle, n) for n in names],
@@ -1029,7 +1094,8 @@ def remove_podman_containers(podman: Podman, notes: list[str]) -> None:
 
 def tool_names(bench: Bench) -> list[str]:
     """The tools that run here, myctr first."""
-    return ["myctr", *(o.name for o in bench.oci), *(["podman"] if bench.podman else [])]
+    return ["myctr", *(o.name for o in bench.oci), *(o.name for o in bench.same),
+            *(["podman"] if bench.podman else [])]
 
 
 @contextlib.contextmanager
