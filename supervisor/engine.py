@@ -842,7 +842,10 @@ class Supervisor:
         was_active = is_active(c.status)
         if record.pid:
             await _kill_orphan(record.pid, record.pid_start)
-        if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and was_active) \
+        # An --rm container that ran goes: one that ran when the crash came, and one
+        # whose exit was recorded but whose removal the crash cut short.
+        ran = was_active or c.status == Status.EXITED
+        if c.status in (Status.REMOVING, Status.DEAD) or (c.options.auto_remove and ran) \
                 or record.params.get("build"):  # a build's step: the build is gone
             await self._destroy(c)  # finish what the crash cut short
             return

@@ -201,6 +201,24 @@ class TestRecovery:
         assert myctr("ps", "-a", "-q").stdout == ""  # a new supervisor, which swept
         assert not cdir.exists()
 
+    def test_exited_auto_removed_container_goes(self, myctr: Myctr) -> None:
+        """An --rm container's exit is recorded before its removal: a crash in between
+        leaves an exited --rm record (and its files); the next supervisor removes it."""
+        cid = _detached(myctr, "--rm", "/bin/sleep", "1000")
+        cdir = myctr.state_root / "data" / "containers" / cid
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = _inspect(myctr, cid)["pid"]
+        os.kill(reply["result"]["pid"], signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        with sqlite3.connect(myctr.state_root / "data" / "myctr.db") as db:
+            db.execute("UPDATE containers SET status = 'exited', pid = 0, exit_code = 137 "
+                       "WHERE id = ?", (cid,))
+        assert cdir.exists()
+        assert myctr("ps", "-a", "-q").stdout == ""  # a new supervisor, which removed it
+        assert not cdir.exists()
+
 
 class TestLogs:
     def test_rotation_keeps_every_byte(self, myctr: Myctr) -> None:
