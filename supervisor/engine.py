@@ -631,10 +631,15 @@ class Supervisor:
                 c.cgroup.thaw()
         self._emit(c, "kill", signal=sig)
 
-    async def stop(self, c: Container, timeout: float = 10.0) -> None:
+    async def stop(self, c: Container, timeout: float = 10.0, manual: bool = True) -> None:
         """Stop signal, ``timeout`` seconds' grace, then SIGKILL; disables the restart
-        policy until the next start."""
-        self._set(c, manually_stopped=True)
+        policy until the next start. Not ``manual`` (a shutdown's stop): for this run
+        only, never stored, so a crash during the grace period leaves the policy as
+        it was."""
+        if manual:
+            self._set(c, manually_stopped=True)
+        else:
+            c.record = c.record._replace(manually_stopped=True)
         if c.status == Status.RESTARTING and c.scope is not None:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
@@ -873,8 +878,8 @@ class Supervisor:
 
     async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:
         manually = c.record.manually_stopped
-        await self.stop(c, timeout)
-        self._set(c, manually_stopped=manually)
+        await self.stop(c, timeout, manual=False)
+        c.record = c.record._replace(manually_stopped=manually)
 
 
 NET_ID_LENGTH = 16

@@ -354,6 +354,20 @@ class TestSupervisorLife:
         assert _inspect(myctr, "u")["status"] == "exited"
         assert myctr("rm", "-f", "a", "u").returncode == 0
 
+    def test_unless_stopped_after_a_crash_during_shutdown(self, myctr: Myctr) -> None:
+        """A shutdown stops containers without a manual stop: kill -9 during its grace
+        period (sleep as PID 1 ignores SIGTERM) leaves 'unless-stopped' to start again."""
+        _detached(myctr, "--name", "u", "--restart", "unless-stopped", "/bin/sleep", "1000")
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = reply["result"]["pid"]
+        os.kill(pid, signal.SIGTERM)
+        _read_events(myctr.state_root, 0, "kill")  # the stop signal: the grace period runs
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        assert _inspect(myctr, "u")["status"] == "running"
+        assert myctr("rm", "-f", "u").returncode == 0
+
     def test_idle_supervisor_exits(self, myctr: Myctr) -> None:
         """An auto-started supervisor with nothing to do exits after its idle time."""
         env_run = harness.Myctr(myctr.mode, myctr.state_root, myctr.rootfs,
