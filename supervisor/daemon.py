@@ -120,6 +120,8 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
         signal_ready()
         log.info("supervisor ready", pid=os.getpid(), socket=socket_path(paths.run))
         nursery.start_soon(_on_signals, stop, trio, signal)
+        for name, pid in (("zygote", zygote_pid), ("packer", packer[0])):
+            nursery.start_soon(_on_helper_exit, name, pid, stop, trio)
         if idle_exit is not None:
             nursery.start_soon(_exit_when_idle, sup, server, idle_exit, stop)
         await stop.wait()
@@ -136,6 +138,22 @@ async def _on_signals(stop: Any, trio: Any, signal: Any) -> None:
         async for _ in signals:
             stop.set()
             return
+
+
+async def _on_helper_exit(name: str, pid: int, stop: Any, trio: Any) -> None:
+    """A helper lives as long as the supervisor (its socket's EOF ends it): one that
+    exits before was killed. Without the zygote no container starts again (nor does a
+    restart policy act), and it cannot be forked anew from this threaded process: stop
+    as on SIGTERM, so that a new supervisor (with new helpers) can take over."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    log.error(f"the {name} exited: shutting down", pid=pid,
+              exit_code=os.waitstatus_to_exitcode(status))
+    stop.set()
 
 
 async def _exit_when_idle(sup: Any, server: Any, idle_exit: float, stop: Any) -> None:

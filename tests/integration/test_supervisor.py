@@ -368,6 +368,19 @@ class TestSupervisorLife:
         assert _inspect(myctr, "u")["status"] == "running"
         assert myctr("rm", "-f", "u").returncode == 0
 
+    def test_killed_zygote_ends_the_supervisor(self, myctr: Myctr) -> None:
+        """Without its zygote a supervisor can start nothing: it shuts down, and the
+        next command gets a new supervisor that can."""
+        assert myctr("info").returncode == 0
+        reply = harness.supervisor_call(myctr.state_root, "ping")
+        assert isinstance(reply, dict)
+        pid = reply["result"]["pid"]
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            zygote = int(f.read().split()[0])  # forked first
+        os.kill(zygote, signal.SIGKILL)
+        _until(lambda: not harness.alive(pid))
+        assert myctr.run("/bin/true").returncode == 0
+
     def test_idle_supervisor_exits(self, myctr: Myctr) -> None:
         """An auto-started supervisor with nothing to do exits after its idle time."""
         env_run = harness.Myctr(myctr.mode, myctr.state_root, myctr.rootfs,
