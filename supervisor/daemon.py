@@ -88,14 +88,15 @@ def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> 
     import trio
 
     try:
-        trio.run(_main, paths, zygote_sock, zygote_pid, idle_exit, packer)
+        helper_died = trio.run(_main, paths, zygote_sock, zygote_pid, idle_exit, packer)
     finally:
         os.close(lock_fd)
-    return 0
+    return 1 if helper_died else 0  # a service manager restarting on failure takes over
 
 
 async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
-                idle_exit: float | None, packer: tuple[int, Any]) -> None:
+                idle_exit: float | None, packer: tuple[int, Any]) -> bool:
+    """Serve until a stop; True when the stop came because a helper died."""
     import signal
 
     import trio
@@ -109,6 +110,7 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
     store = Store(os.path.join(paths.data, "myctr.db"))
     events = EventLog()
     stop = trio.Event()
+    died: list[str] = []
     async with trio.open_nursery() as nursery:
         sup = Supervisor(paths, store, Spawner(zygote_sock, zygote_pid), events, nursery,
                          packer=Spawner(packer[1], packer[0]))
@@ -121,7 +123,7 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
         log.info("supervisor ready", pid=os.getpid(), socket=socket_path(paths.run))
         nursery.start_soon(_on_signals, stop, trio, signal)
         for name, pid in (("zygote", zygote_pid), ("packer", packer[0])):
-            nursery.start_soon(_on_helper_exit, name, pid, stop, trio)
+            nursery.start_soon(_on_helper_exit, name, pid, stop, died, trio)
         if idle_exit is not None:
             nursery.start_soon(_exit_when_idle, sup, server, idle_exit, stop)
         await stop.wait()
@@ -131,6 +133,7 @@ async def _main(paths: StatePaths, zygote_sock: Any, zygote_pid: int,
             await sup.shutdown()
         nursery.cancel_scope.cancel()
     store.close()
+    return bool(died)
 
 
 async def _on_signals(stop: Any, trio: Any, signal: Any) -> None:
@@ -140,7 +143,8 @@ async def _on_signals(stop: Any, trio: Any, signal: Any) -> None:
             return
 
 
-async def _on_helper_exit(name: str, pid: int, stop: Any, trio: Any) -> None:
+async def _on_helper_exit(name: str, pid: int, stop: Any, died: list[str],
+                          trio: Any) -> None:
     """A helper lives as long as the supervisor (its socket's EOF ends it): one that
     exits before was killed. Without the zygote no container starts again (nor does a
     restart policy act), and it cannot be forked anew from this threaded process: stop
@@ -153,6 +157,7 @@ async def _on_helper_exit(name: str, pid: int, stop: Any, trio: Any) -> None:
     _, status = os.waitpid(pid, 0)
     log.error(f"the {name} exited: shutting down", pid=pid,
               exit_code=os.waitstatus_to_exitcode(status))
+    died.append(name)
     stop.set()
 
 

@@ -379,6 +379,8 @@ class TestSupervisorLife:
             zygote = int(f.read().split()[0])  # forked first
         os.kill(zygote, signal.SIGKILL)
         _until(lambda: not harness.alive(pid))
+        log = (Path(myctr.state_root) / "log" / "supervisor.log").read_text()
+        assert "the zygote exited: shutting down" in log
         assert myctr.run("/bin/true").returncode == 0
 
     def test_idle_supervisor_exits(self, myctr: Myctr) -> None:
