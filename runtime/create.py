@@ -27,7 +27,7 @@ from .channel import (
     Start,
 )
 from .errors import ExecFailed as ExecFailedError
-from .errors import HostError
+from .errors import HostError, os_error_message
 from .errors import SetupFailed as SetupFailedError
 from .idmap import IdMapPlan, write_maps
 from .init import InitConfig, run_init
@@ -230,7 +230,7 @@ def join_self(tasks: tuple[str, ...], channel: Channel) -> None:
         _move_into(tasks, b"0")
     except OSError as exc:
         with contextlib.suppress(OSError):
-            channel.send(SetupFailed(exc.errno or 0, exc.strerror or str(exc)))
+            channel.send(SetupFailed(exc.errno or 0, os_error_message(exc)))
         os._exit(125)
 
 
@@ -238,7 +238,7 @@ def join_cgroups(pid: int, procs_files: tuple[str, ...]) -> None:
     try:
         _move_into(procs_files, str(pid).encode())
     except OSError as exc:
-        raise HostError(exc.strerror or str(exc)) from None
+        raise HostError(os_error_message(exc)) from None
 
 
 def _move_into(files: tuple[str, ...], who: bytes) -> None:

@@ -18,6 +18,7 @@ Foreign errors (``OSError`` from a syscall) are translated at the boundary with
 from __future__ import annotations
 
 import errno as _errno
+import os
 
 
 class ContainerError(Exception):
@@ -64,3 +65,13 @@ class ExecFailed(ContainerError):
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         return 127 if self.errno == _errno.ENOENT else 126
+
+
+def os_error_message(exc: OSError) -> str:
+    """``exc``'s message with the path(s) it names (``/x/etc/hostname: Permission
+    denied``): os functions leave them out of ``strerror``, and "Permission denied"
+    alone does not say what failed. The messages of our libc wrappers name theirs."""
+    message = exc.strerror or str(exc)
+    paths = [p if isinstance(p, str) else os.fsdecode(p) if isinstance(p, bytes) else str(p)
+             for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {message}" if paths else message

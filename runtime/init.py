@@ -24,7 +24,7 @@ from typing import NamedTuple
 from . import capabilities, libc, rootfs
 from .channel import Channel, ExecFailed, Placed, PtyMaster, Ready, SetupFailed, Start
 from .containerdir import read_file
-from .errors import SpecError
+from .errors import SpecError, os_error_message
 from .seccomp import install_bpf
 from .spec import ContainerSpec
 from .users import ResolvedUser, parse_group, parse_passwd, resolve_user
@@ -73,7 +73,7 @@ def run_guarded(channel: Channel, body: Callable[[], None]) -> None:
     except SpecError as exc:
         _report(channel, 0, str(exc))
     except OSError as exc:
-        _report(channel, exc.errno or 0, exc.strerror or str(exc))
+        _report(channel, exc.errno or 0, os_error_message(exc))
     except BaseException as exc:
         _report(channel, 0, f"{type(exc).__name__}: {exc}")
     finally:

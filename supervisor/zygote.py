@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from runtime import capabilities
 from runtime.containerdir import rmtree
 from runtime.create import create
-from runtime.errors import ContainerError, ExecFailed, SetupFailed
+from runtime.errors import ContainerError, ExecFailed, SetupFailed, os_error_message
 from runtime.execute import create_exec
 from runtime.idmap import IdMapPlan, run_in_user_namespace
 from runtime.init import InitConfig, remember_ignored_signals, remember_supervisor
@@ -158,7 +158,7 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
                 "pid": getattr(exc, "init_pid", None)}, []
     except OSError as exc:
         error = {"type": "SetupFailed", "errno": exc.errno or 0,
-                 "message": exc.strerror or str(exc)}
+                 "message": os_error_message(exc)}
         return {"ok": False, "error": error, "pid": getattr(exc, "init_pid", None)}, []
     return {"ok": True, "pid": process.pid}, [process.pidfd, process.channel.sock.detach()]
 
@@ -243,7 +243,7 @@ def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
         return {"ok": False, "error": encode_error(exc)}
     except OSError as exc:
         return {"ok": False, "error": {"type": "HostError", "errno": exc.errno or 0,
-                                       "message": exc.strerror or str(exc)}}
+                                       "message": os_error_message(exc)}}
     return {"ok": True}
 
 

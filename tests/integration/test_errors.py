@@ -55,3 +55,13 @@ class TestBadInput:
     def test_rm_unknown(self, myctr: Myctr) -> None:
         """rm of an unknown container exits 125 naming it."""
         _one_line_125(myctr("rm", "nope"), "no such container: nope")
+
+
+@pytest.mark.parametrize("myctr", ["rootless"], indirect=True)
+def test_rootless_rootfs_owned_by_unmapped_ids_names_the_path(
+        myctr: Myctr, rootfs_by_mode: dict[str, object]) -> None:
+    """Rootless on root's rootfs: its /etc (owned by a host id outside the user's
+    map) cannot be copied up to make /etc/hostname a mount target. The one line says
+    which path, not a bare "Permission denied"."""
+    result = myctr("run", "--rm", "--rootfs", str(rootfs_by_mode["root"]), "/bin/true")
+    _one_line_125(result, "/merged/etc/hostname: Permission denied")
