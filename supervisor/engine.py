@@ -290,16 +290,28 @@ class Supervisor:
     # --- start / run ----------------------------------------------------------------
 
     async def start(self, c: Container, attach: Attach | None = None) -> None:
-        """Start the container's task tree; return once its first run exec'd."""
-        if c.scope is not None and not c.finished.is_set():
-            # the last run exited but its task tree still tears down (its network):
-            # a new run must not overlap that (its ports, its plug's files)
-            await c.finished.wait()
-        if not can_start(c.status):
-            raise Conflict(f"container {c.record.name} is {c.status.value}")
+        """Start the container's task tree; return once its first run exec'd. A
+        container that is starting, running or due to restart is left as it is
+        (docker's start); attached, that is a conflict."""
+        try:
+            while c.scope is not None and not c.finished.is_set():  # a task tree is up
+                if not c.stopped.is_set():
+                    if attach is None:
+                        return
+                    raise Conflict(f"container {c.record.name} is already running")
+                # the last run exited but its task tree still tears down (its network):
+                # a new run must not overlap that (its ports, its plug's files)
+                await c.finished.wait()
+            if not can_start(c.status):
+                raise Conflict(f"container {c.record.name} is {c.status.value}")
+        except BaseException:
+            if attach is not None:
+                attach.close()
+            raise
         if c.record.manually_stopped:
             self._set(c, manually_stopped=False)
         c.stopped, c.finished = trio.Event(), trio.Event()
+        c.scope = trio.CancelScope()  # from here on: a second start, a stop, an rm see it
         await self.nursery.start(self._supervise, c, attach)
 
     async def _supervise(self, c: Container, attach: Attach | None,
@@ -324,6 +336,8 @@ class Supervisor:
                 if first:
                     raise
                 raise StartFailed(exc.exit_code) from exc
+            if c.record.manually_stopped:  # a stop or rm -f came while it started
+                await self.kill_all(c)
             if first:
                 first = False
                 task_status.started()
@@ -335,9 +349,9 @@ class Supervisor:
                     attach = None
 
         completed = False
+        assert c.scope is not None  # made by start()
         try:
-            with trio.CancelScope() as scope:
-                c.scope = scope
+            with c.scope:
                 try:
                     await run_with_restarts(
                         start_and_wait, c.options.restart, c.options.backoff,
@@ -347,7 +361,6 @@ class Supervisor:
                         attach.close()
             completed = True
         finally:
-            c.scope = None
             if c.status == Status.RESTARTING:  # stopped while waiting to restart
                 self._set(c, status=Status.EXITED.value)
             c.stopped.set()
@@ -355,6 +368,7 @@ class Supervisor:
                 if completed and c.options.auto_remove and c.id in self.containers:
                     await self._remove_now(c)
                 await self._drop_cgroup(c)  # if an --rm run left it (no-op otherwise)
+            c.scope = None
             c.finished.set()
 
     def _scheduled(self, c: Container, scheduled: RestartScheduled) -> None:
@@ -776,8 +790,10 @@ class Supervisor:
         return processes_in_pid_namespace(c.record.pid)
 
     async def remove(self, c: Container, force: bool = False) -> None:
-        if not can_remove(c.status, force):
-            raise Conflict(f"container {c.record.name} is {c.status.value}: "
+        starting = not is_active(c.status) and c.scope is not None and not c.stopped.is_set()
+        if not can_remove(c.status, force) or (starting and not force):
+            raise Conflict(f"container {c.record.name} is "
+                           f"{'starting' if starting else c.status.value}: "
                            "stop it first or use rm -f")
         if is_active(c.status) or c.scope is not None:
             self._set(c, manually_stopped=True)

@@ -114,6 +114,36 @@ class TestDetachedContainers:
                                   range(10)))
         assert codes == list(range(10))
 
+    def test_start_while_running_or_starting_and_stop_or_rm_while_starting(
+            self, myctr: Myctr) -> None:
+        """start of a running (or starting) container does nothing, at once (it used to
+        wait for the exit, then run the container again); a stop or rm -f that comes
+        while a start is under way ends the container (they used to wait for its exit)."""
+        assert myctr("info").returncode == 0
+        path = str(myctr.state_root / "run" / "control.sock")
+        cid = _detached(myctr, "/bin/sleep", "1000")
+        pid = _inspect(myctr, cid)["pid"]
+        replies = _requests(path, [("container.start", {"id": cid})] * 3)
+        assert all("result" in r for r in replies), replies
+        assert _inspect(myctr, cid)["pid"] == pid
+        assert myctr("rm", "-f", cid).returncode == 0
+        for method, params in [("container.stop", {"timeout": 1}),
+                               ("container.remove", {"force": True})] * 3:
+            cid = harness.supervisor_call(myctr.state_root, "container.create", {  # type: ignore[index]
+                "rootfs": str(myctr.rootfs), "command": ["/bin/sleep", "1000"]})["result"]["id"]
+            replies = _requests(path, [("container.start", {"id": cid}),
+                                       ("container.start", {"id": cid}),
+                                       (method, {"id": cid, **params})])
+            assert "result" in replies[2], replies
+            # the starts succeed, or find no container when the rm came first
+            assert all("result" in r or "no such container" in r["error"]["message"]
+                       for r in replies[:2]), replies
+            if method == "container.stop":
+                info = _inspect(myctr, cid)  # the stop came before or after the start
+                assert info["status"] in ("exited", "running"), info
+                assert myctr("rm", "-f", cid).returncode == 0
+        assert myctr("ps", "-a", "-q").stdout == ""
+
     def test_id_prefix_and_unknown(self, myctr: Myctr) -> None:
         """Containers are found by id prefix; an unknown one is a one-line 125."""
         cid = _detached(myctr, "/bin/true")
@@ -294,6 +324,29 @@ def _exchange(path: str, data: bytes) -> dict:  # type: ignore[type-arg]
     reply = harness.exchange(path, data)
     assert reply is not None, "the supervisor answered nothing"
     return reply
+
+
+def _requests(path: str, calls: list[tuple[str, dict]],  # type: ignore[type-arg]
+              timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
+    """Send the calls at once on one connection; their responses, in the calls' order
+    (a socket timeout fails the test rather than hanging it)."""
+    data = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+                               ).encode() + b"\n" for i, (m, p) in enumerate(calls))
+    replies: dict[int, dict] = {}  # type: ignore[type-arg]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        buffer = b""
+        while len(replies) < len(calls):
+            chunk = sock.recv(65536)
+            assert chunk, f"the supervisor hung up: {replies}"
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                reply = json.loads(line)
+                replies[reply["id"]] = reply
+    return [replies[i] for i in range(len(calls))]
 
 
 def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  # type: ignore[type-arg]
