@@ -717,10 +717,15 @@ class Supervisor:
         try:
             await trio.to_thread.run_sync(group.freeze)
         except (ContainerError, OSError):
-            await trio.to_thread.run_sync(group.thaw)  # never leave it half frozen
+            with contextlib.suppress(OSError):  # its run's teardown may have removed it
+                await trio.to_thread.run_sync(group.thaw)  # never leave it half frozen
+            if c.status != Status.RUNNING or c.cgroup is not group:
+                raise Conflict(f"container {c.record.name} stopped while being paused") \
+                    from None
             raise
         if c.status != Status.RUNNING or c.cgroup is not group:  # it exited or was stopped
-            await trio.to_thread.run_sync(group.thaw)
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(group.thaw)
             raise Conflict(f"container {c.record.name} stopped while being paused")
         self._set(c, status=Status.PAUSED.value)
         self._emit(c, "pause")
@@ -729,7 +734,12 @@ class Supervisor:
         if c.status != Status.PAUSED:
             raise Conflict(f"container {c.record.name} is {c.status.value}, not paused")
         group = self._group(c, "unpause")
-        await trio.to_thread.run_sync(group.thaw)
+        try:
+            await trio.to_thread.run_sync(group.thaw)
+        except OSError:
+            if c.status == Status.PAUSED and c.cgroup is group:
+                raise
+            # it was killed and its run's teardown removed the cgroup meanwhile
         if c.status == Status.PAUSED:
             self._set(c, status=Status.RUNNING.value)
         self._emit(c, "unpause")
@@ -795,7 +805,8 @@ class Supervisor:
             raise Conflict(f"container {c.record.name} is "
                            f"{'starting' if starting else c.status.value}: "
                            "stop it first or use rm -f")
-        if is_active(c.status) or c.scope is not None:
+        # a loop: a start (restart) that waited for the same run's end may come first
+        while (is_active(c.status) or c.scope is not None) and c.id in self.containers:
             self._set(c, manually_stopped=True)
             if c.pidfd >= 0:
                 await self.kill_all(c)

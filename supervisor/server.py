@@ -520,15 +520,23 @@ class ControlServer:
             for line in lines:
                 await send(line)
             return {"done": True}
+        gone = False
         async with trio.open_nursery() as nursery:
             async def follow() -> None:
-                async for line in follow_lines(c.record.log_path, max_file, since, tail):
-                    await send(line)
+                nonlocal gone
+                try:
+                    async for line in follow_lines(c.record.log_path, max_file, since, tail):
+                        await send(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                    gone = True  # the client went away: raised below, not as a group
+                    nursery.cancel_scope.cancel()
             nursery.start_soon(follow)
             if is_active(c.status):
                 await c.finished.wait()
             await trio.sleep(0.2)  # the pumps drained before finished: let follow catch up
             nursery.cancel_scope.cancel()
+        if gone:
+            raise trio.BrokenResourceError("the client went away")
         return {"done": True}
 
     async def subscribe(self, params: dict[str, Any], conn: Connection, request_id: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -62,6 +63,10 @@ class Store:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # One connection, used from the event loop and from worker threads (a create):
+        # statements run one at a time, else one thread's error (a taken name) can be
+        # read as the other's ("no more rows available", a DatabaseError).
+        self.lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -69,13 +74,14 @@ class Store:
     def insert(self, record: ContainerRecord) -> None:
         values = _to_row(record)
         try:
-            with self.db:
+            with self.lock, self.db:
                 self.db.execute(
                     f"INSERT INTO containers ({', '.join(_COLUMNS)}) "
                     f"VALUES ({', '.join('?' for _ in _COLUMNS)})", values)
         except sqlite3.IntegrityError:
-            holder = self.db.execute("SELECT id FROM containers WHERE name = ?",
-                                     (record.name,)).fetchone()
+            with self.lock:
+                holder = self.db.execute("SELECT id FROM containers WHERE name = ?",
+                                         (record.name,)).fetchone()
             raise Conflict(
                 f'the container name "{record.name}" is already in use by '
                 f"{holder[0][:12] if holder else '?'}; remove that container to reuse the name"
@@ -85,36 +91,41 @@ class Store:
         """Change some fields of one container, in one transaction."""
         assignments = ", ".join(f"{key} = ?" for key in fields)
         values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()]
-        with self.db:
+        with self.lock, self.db:
             self.db.execute(f"UPDATE containers SET {assignments} WHERE id = ?",
                             (*values, container_id))
 
     def delete(self, container_id: str) -> None:
-        with self.db:
+        with self.lock, self.db:
             self.db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def get(self, container_id: str) -> ContainerRecord:
-        row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE id = ?",
-                              (container_id,)).fetchone()
+        with self.lock:
+            row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE id = ?",
+                                  (container_id,)).fetchone()
         if row is None:
             raise NotFound(f"no such container: {container_id}")
         return _from_row(row)
 
     def all(self) -> Iterator[ContainerRecord]:
-        for row in self.db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM containers ORDER BY created"):
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM containers ORDER BY created").fetchall()
+        for row in rows:
             yield _from_row(row)
 
     def resolve(self, ref: str) -> str:
         """A container id from a name, a full id or a unique id prefix."""
-        row = self.db.execute("SELECT id FROM containers WHERE name = ? OR id = ?",
-                              (ref, ref)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT id FROM containers WHERE name = ? OR id = ?",
+                                  (ref, ref)).fetchone()
         if row:
             return str(row[0])
         if not ref or not all(c in "0123456789abcdef" for c in ref):
             raise NotFound(f"no such container: {ref}")
-        rows = self.db.execute("SELECT id FROM containers WHERE id LIKE ?",
-                               (ref + "%",)).fetchall()
+        with self.lock:
+            rows = self.db.execute("SELECT id FROM containers WHERE id LIKE ?",
+                                   (ref + "%",)).fetchall()
         if len(rows) == 1:
             return str(rows[0][0])
         if rows:
