@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from runtime.errors import Conflict, NotFound
 
@@ -59,14 +59,61 @@ _COLUMNS = ContainerRecord._fields
 _JSON_COLUMNS = ("params", "spec")
 
 
+class SharedConnection(sqlite3.Connection):
+    """The supervisor's one connection, shared by the event loop and worker threads
+    (a create resolves its image and inserts its record in one) and by the container,
+    image and network tables. A statement runs, and its rows are read, under one lock:
+    a thread never reads another's error ("no more rows available" for a taken name)
+    nor steps into another's rows. ``with db:`` is a real transaction (BEGIN, then
+    COMMIT or ROLLBACK; autocommit mode alone makes each statement its own) and holds
+    the lock throughout. ``execute`` returns its rows, fetched (all our queries are
+    small): a list with ``fetchone``/``fetchall``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.RLock()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Rows:  # type: ignore[override]
+        with self.lock:
+            return Rows(super().execute(sql, parameters).fetchall())
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        with self.lock:
+            return super().executescript(script)
+
+    def __enter__(self) -> SharedConnection:
+        self.lock.acquire()
+        try:
+            if not self.in_transaction:
+                super().execute("BEGIN")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Literal[False]:
+        try:
+            super().__exit__(*exc_info)  # COMMIT, or ROLLBACK on an exception
+        finally:
+            self.lock.release()
+        return False
+
+
+class Rows(list[Any]):
+    """A statement's rows, as the cursor methods our code uses read them."""
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
 class Store:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # One connection, used from the event loop and from worker threads (a create):
-        # statements run one at a time, else one thread's error (a taken name) can be
-        # read as the other's ("no more rows available", a DatabaseError).
-        self.lock = threading.RLock()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                  factory=SharedConnection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -74,14 +121,13 @@ class Store:
     def insert(self, record: ContainerRecord) -> None:
         values = _to_row(record)
         try:
-            with self.lock, self.db:
+            with self.db:
                 self.db.execute(
                     f"INSERT INTO containers ({', '.join(_COLUMNS)}) "
                     f"VALUES ({', '.join('?' for _ in _COLUMNS)})", values)
         except sqlite3.IntegrityError:
-            with self.lock:
-                holder = self.db.execute("SELECT id FROM containers WHERE name = ?",
-                                         (record.name,)).fetchone()
+            holder = self.db.execute("SELECT id FROM containers WHERE name = ?",
+                                     (record.name,)).fetchone()
             raise Conflict(
                 f'the container name "{record.name}" is already in use by '
                 f"{holder[0][:12] if holder else '?'}; remove that container to reuse the name"
@@ -91,41 +137,36 @@ class Store:
         """Change some fields of one container, in one transaction."""
         assignments = ", ".join(f"{key} = ?" for key in fields)
         values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()]
-        with self.lock, self.db:
+        with self.db:
             self.db.execute(f"UPDATE containers SET {assignments} WHERE id = ?",
                             (*values, container_id))
 
     def delete(self, container_id: str) -> None:
-        with self.lock, self.db:
+        with self.db:
             self.db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def get(self, container_id: str) -> ContainerRecord:
-        with self.lock:
-            row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE id = ?",
-                                  (container_id,)).fetchone()
+        row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM containers WHERE id = ?",
+                              (container_id,)).fetchone()
         if row is None:
             raise NotFound(f"no such container: {container_id}")
         return _from_row(row)
 
     def all(self) -> Iterator[ContainerRecord]:
-        with self.lock:
-            rows = self.db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM containers ORDER BY created").fetchall()
-        for row in rows:
+        for row in self.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM containers ORDER BY created"):
             yield _from_row(row)
 
     def resolve(self, ref: str) -> str:
         """A container id from a name, a full id or a unique id prefix."""
-        with self.lock:
-            row = self.db.execute("SELECT id FROM containers WHERE name = ? OR id = ?",
-                                  (ref, ref)).fetchone()
+        row = self.db.execute("SELECT id FROM containers WHERE name = ? OR id = ?",
+                              (ref, ref)).fetchone()
         if row:
             return str(row[0])
         if not ref or not all(c in "0123456789abcdef" for c in ref):
             raise NotFound(f"no such container: {ref}")
-        with self.lock:
-            rows = self.db.execute("SELECT id FROM containers WHERE id LIKE ?",
-                                   (ref + "%",)).fetchall()
+        rows = self.db.execute("SELECT id FROM containers WHERE id LIKE ?",
+                               (ref + "%",)).fetchall()
         if len(rows) == 1:
             return str(rows[0][0])
         if rows:
