@@ -9,6 +9,7 @@ the exit only when the pumps have drained. Statuses move through
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -21,7 +22,7 @@ import trio
 
 from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, proc_stat, process_start_time
-from runtime.errors import Conflict, ContainerError, HostError, SpecError
+from runtime.errors import Conflict, ContainerError, HostError, SetupFailed, SpecError
 from runtime.idmap import IdMapPlan
 from runtime.init import InitConfig
 from runtime.log import get_logger
@@ -84,6 +85,11 @@ class Container:
         self.cgroup: Any = None  # the current run's cgroup handle, if it has one
         self.attached: Any = None  # the current run's netplug.Attached, if any
         self.update_lock = trio.Lock()
+        # pause, unpause, kill_all and an exec's placement, one at a time: a kill's
+        # freeze-kill-thaw interleaved with a pause's freeze left the cgroup frozen
+        # with killed tasks in it, and an exec placed into a frozen cgroup froze
+        # before it could report (found by a chaos run)
+        self.freezer = trio.Lock()
 
     @property
     def status(self) -> Status:
@@ -594,20 +600,41 @@ class Supervisor:
     async def exec(self, c: Container, params: dict[str, Any], attach: Attach,
                    on_pty: Callable[[int], Awaitable[None]]) -> int:
         """Run one more process in the running container; return its exit status."""
-        if c.status != Status.RUNNING or c.pidfd < 0:
-            raise Conflict(f"container {c.record.name} is not running")
-        spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
-                                 stdin=attach.stdin is not None)
-        stdio = (attach.stdin if attach.stdin is not None else self.devnull,
-                 attach.stdout if attach.stdout is not None else self.devnull,
-                 attach.stderr if attach.stderr is not None else self.devnull)
         try:
-            init = await self.spawner.create_exec(
-                spec, config, stdio, c.pidfd,
-                c.cgroup.procs_files if c.cgroup is not None else ())
+            # Placed while no pause can freeze the container (a process placed into a
+            # frozen cgroup freezes before it reports), with the run's own pidfd: the
+            # run may end meanwhile and its fd number go to another container's init.
+            async with c.freezer:
+                if c.status != Status.RUNNING or c.pidfd < 0:
+                    raise Conflict(f"container {c.record.name} is not running")
+                container_pidfd = os.dup(c.pidfd)
+                try:
+                    spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
+                                             stdin=attach.stdin is not None)
+                    stdio = (attach.stdin if attach.stdin is not None else self.devnull,
+                             attach.stdout if attach.stdout is not None else self.devnull,
+                             attach.stderr if attach.stderr is not None else self.devnull)
+                    pids: list[int] = []
+
+                    def known(pid: int) -> None:  # ours to reap from now on
+                        pids.append(pid)
+                        self.known_children.add(pid)
+                    try:
+                        init = await self.spawner.create_exec(
+                            spec, config, stdio, container_pidfd,
+                            c.cgroup.procs_files if c.cgroup is not None else (),
+                            on_pid=known)
+                    except BaseException as exc:
+                        self.known_children.difference_update(pids)  # the spawner reaped it
+                        if isinstance(exc, SetupFailed) and exc.errno == errno.ESRCH:
+                            # its init died while the exec joined: setns found no process
+                            raise Conflict(
+                                f"container {c.record.name} is not running") from None
+                        raise
+                finally:
+                    os.close(container_pidfd)
         finally:
             attach.close()
-        self.known_children.add(init.pid)
         try:
             if init.pty_master is not None:
                 await on_pty(init.pty_master)
@@ -673,12 +700,13 @@ class Supervisor:
         """SIGKILL every process of the container at once: through its cgroup (so no
         forked child escapes), else through the init's pidfd (its pid namespace dies
         with it)."""
-        group = c.cgroup
-        if group is not None:
-            await trio.to_thread.run_sync(group.kill)
-        if c.pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
-                libc.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        async with c.freezer:
+            group = c.cgroup
+            if group is not None:
+                await trio.to_thread.run_sync(group.kill)
+            if c.pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    libc.pidfd_send_signal(c.pidfd, signal.SIGKILL)
         self._emit(c, "kill", signal=int(signal.SIGKILL))
 
     # --- cgroup verbs ---------------------------------------------------------------
@@ -711,6 +739,10 @@ class Supervisor:
             self.networks.release(c.id)
 
     async def pause(self, c: Container) -> None:
+        async with c.freezer:
+            await self._pause(c)
+
+    async def _pause(self, c: Container) -> None:
         if c.status != Status.RUNNING:
             raise Conflict(f"container {c.record.name} is {c.status.value}, not running")
         group = self._group(c, "pause")
@@ -731,6 +763,10 @@ class Supervisor:
         self._emit(c, "pause")
 
     async def unpause(self, c: Container) -> None:
+        async with c.freezer:
+            await self._unpause(c)
+
+    async def _unpause(self, c: Container) -> None:
         if c.status != Status.PAUSED:
             raise Conflict(f"container {c.record.name} is {c.status.value}, not paused")
         group = self._group(c, "unpause")
@@ -810,8 +846,10 @@ class Supervisor:
             self._set(c, manually_stopped=True)
             if c.pidfd >= 0:
                 await self.kill_all(c)
-                if c.status == Status.PAUSED and c.cgroup is not None:
-                    await trio.to_thread.run_sync(c.cgroup.thaw)  # v1: frozen tasks wait
+                async with c.freezer:
+                    if c.status == Status.PAUSED and c.cgroup is not None:
+                        # v1: frozen tasks wait
+                        await trio.to_thread.run_sync(c.cgroup.thaw)
             if c.scope is not None and c.status == Status.RESTARTING:
                 c.scope.cancel()
             await c.finished.wait()

@@ -44,8 +44,8 @@ class Spawner:
         self._settled.set()
 
     async def settled(self) -> None:
-        """Return once every init asked for is known to its caller: created ones from
-        ``on_pid`` on, exec'd ones once ``create_exec`` returned. An init goes on after
+        """Return once every init asked for is known to its caller (``on_pid`` told
+        it, or its ask returned: that is before its setup ends). An init goes on after
         Placed, before the zygote even answers: a fast command can exit and be a zombie
         of ours before its pid reaches us. The stray reaper waits here, so that it
         never takes such an exit status from the container's own waiter."""
@@ -69,12 +69,14 @@ class Spawner:
 
     async def create_exec(self, spec: ContainerSpec, config: InitConfig,
                           stdio: tuple[int, int, int], init_pidfd: int,
-                          cgroup_procs: tuple[str, ...] = ()) -> CreatedInit:
+                          cgroup_procs: tuple[str, ...] = (),
+                          on_pid: Callable[[int], None] | None = None) -> CreatedInit:
         """A process joined to the container of ``init_pidfd``, before exec; its pid and
-        pidfd are the joiner's, which exits with the process's status."""
+        pidfd are the joiner's, which exits with the process's status. ``on_pid`` as
+        for :meth:`create`."""
         return await self._ask(
             zygote.encode_request(spec, config, None, op="exec", cgroup_procs=cgroup_procs),
-            (*stdio, init_pidfd))
+            (*stdio, init_pidfd), on_pid)
 
     async def remove_trees(self, paths: list[str], plan: IdMapPlan) -> None:
         """Remove directories as root of a user namespace with ``plan`` (rootless)."""
@@ -111,12 +113,27 @@ class Spawner:
         self._in_flight += 1
         if self._settled.is_set():
             self._settled = trio.Event()
+        known = False
+
+        def settle(pid: int) -> None:
+            nonlocal known
+            if on_pid is not None:
+                on_pid(pid)
+            known = True
+            self._settle()
+
         try:
-            return await self._exchange(payload, fds, on_pid)
+            return await self._exchange(payload, fds, settle)
         finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._settled.set()
+            if not known:
+                self._settle()
+
+    def _settle(self) -> None:
+        """One ask fewer in flight: its init's pid is known to its caller (or there
+        is none)."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._settled.set()
 
     async def _exchange(self, payload: bytes, fds: tuple[int, ...],
                         on_pid: Callable[[int], None] | None) -> CreatedInit:
@@ -188,7 +205,8 @@ async def _until_ready(init: CreatedInit) -> CreatedInit:
             libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
         close_quietly(init.pidfd, pty_master)
         sock.close()
-        _reap(init.pid)
+        with trio.CancelScope(shield=True):  # in a thread: a frozen one dies when thawed
+            await trio.to_thread.run_sync(_reap, init.pid)
         raise
     finally:
         if sock.fileno() >= 0:

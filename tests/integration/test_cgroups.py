@@ -206,6 +206,32 @@ class TestLimits:
         assert limited("pause", "frozen").returncode == 0
         assert limited("rm", "-f", "frozen").returncode == 0
 
+    def test_pause_kill_and_exec_at_once_leave_nothing_frozen(self, limited: Limited) -> None:
+        """pause, exec, kill and unpause sent at once on one connection, in a few
+        orders: whatever order they land in, every request answers, the container
+        dies of the kill, and rm leaves nothing (a kill's freeze-kill-thaw interleaved
+        with a pause's freeze used to leave the cgroup frozen with the killed tasks in
+        it, and an exec placed into a frozen cgroup hung, with the stray reaper)."""
+        from tests.integration.test_supervisor import _requests
+
+        path = str(limited.state_root / "run" / "control.sock")
+        exec_true = ("container.exec", {"command": ["/bin/true"]})
+        orders = [["pause", "kill", "exec", "unpause"], ["exec", "pause", "kill"],
+                  ["pause", "exec", "kill", "unpause"], ["kill", "pause", "exec"]]
+        for order in orders * 2:
+            cid = limited.detached("/bin/sleep", "1000")
+            calls = [exec_true if verb == "exec" else (f"container.{verb}", {})
+                     for verb in order]
+            replies = _requests(path, [(m, {**p, "id": cid}) for m, p in calls], timeout=30)
+            for verb, reply in zip(order, replies, strict=True):
+                # "not running" when the kill came first; an exec may also lose its
+                # process to the kill on its way in (-32005 SetupFailed)
+                allowed = (-32002, -32005) if verb == "exec" else (-32002,)
+                assert "result" in reply or reply["error"]["code"] in allowed, (verb, reply)
+            assert limited("wait", cid).stdout.strip() == "137", order
+            assert limited("rm", cid).returncode == 0
+        assert limited.call("container.list", all=True) == []
+
     def test_stop_kills_double_forked_daemons(self, limited: Limited) -> None:
         """stop reaches processes that left their parents (through the cgroup), and the
         container's cgroup is gone afterwards; the cgroup namespace shows it as /."""
