@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -434,3 +435,26 @@ def remove_cgroup_tree(path: Path) -> list[str]:
         with contextlib.suppress(OSError):
             p.rmdir()
     return left
+
+
+def requests_at_once(path: str, calls: list[tuple[str, dict]],  # type: ignore[type-arg]
+              timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
+    """Send the calls at once on one connection; their responses, in the calls' order
+    (a socket timeout fails the test rather than hanging it)."""
+    data = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+                               ).encode() + b"\n" for i, (m, p) in enumerate(calls))
+    replies: dict[int, dict] = {}  # type: ignore[type-arg]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        buffer = b""
+        while len(replies) < len(calls):
+            chunk = sock.recv(65536)
+            assert chunk, f"the supervisor hung up: {replies}"
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                reply = json.loads(line)
+                replies[reply["id"]] = reply
+    return [replies[i] for i in range(len(calls))]

@@ -212,8 +212,6 @@ class TestLimits:
         dies of the kill, and rm leaves nothing (a kill's freeze-kill-thaw interleaved
         with a pause's freeze used to leave the cgroup frozen with the killed tasks in
         it, and an exec placed into a frozen cgroup hung, with the stray reaper)."""
-        from tests.integration.test_supervisor import _requests
-
         path = str(limited.state_root / "run" / "control.sock")
         exec_true = ("container.exec", {"command": ["/bin/true"]})
         orders = [["pause", "kill", "exec", "unpause"], ["exec", "pause", "kill"],
@@ -222,7 +220,8 @@ class TestLimits:
             cid = limited.detached("/bin/sleep", "1000")
             calls = [exec_true if verb == "exec" else (f"container.{verb}", {})
                      for verb in order]
-            replies = _requests(path, [(m, {**p, "id": cid}) for m, p in calls], timeout=30)
+            replies = harness.requests_at_once(
+                path, [(m, {**p, "id": cid}) for m, p in calls], timeout=30)
             for verb, reply in zip(order, replies, strict=True):
                 # "not running" when the kill came first; an exec may also lose its
                 # process to the kill on its way in (-32005 SetupFailed)

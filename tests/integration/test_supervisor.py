@@ -123,7 +123,7 @@ class TestDetachedContainers:
         path = str(myctr.state_root / "run" / "control.sock")
         cid = _detached(myctr, "/bin/sleep", "1000")
         pid = _inspect(myctr, cid)["pid"]
-        replies = _requests(path, [("container.start", {"id": cid})] * 3)
+        replies = harness.requests_at_once(path, [("container.start", {"id": cid})] * 3)
         assert all("result" in r for r in replies), replies
         assert _inspect(myctr, cid)["pid"] == pid
         assert myctr("rm", "-f", cid).returncode == 0
@@ -131,7 +131,7 @@ class TestDetachedContainers:
                                ("container.remove", {"force": True})] * 3:
             cid = harness.supervisor_call(myctr.state_root, "container.create", {  # type: ignore[index]
                 "rootfs": str(myctr.rootfs), "command": ["/bin/sleep", "1000"]})["result"]["id"]
-            replies = _requests(path, [("container.start", {"id": cid}),
+            replies = harness.requests_at_once(path, [("container.start", {"id": cid}),
                                        ("container.start", {"id": cid}),
                                        (method, {"id": cid, **params})])
             assert "result" in replies[2], replies
@@ -199,11 +199,7 @@ class TestRecovery:
         _detached(myctr, "--name", "keep", "--restart", "always", "/bin/sleep", "1000")
         _detached(myctr, "--name", "once", "/bin/sleep", "1000")
         old = _inspect(myctr, "keep")["pid"]
-        reply = harness.supervisor_call(myctr.state_root, "ping")
-        assert isinstance(reply, dict)
-        os.kill(reply["result"]["pid"], signal.SIGKILL)
-        _until(lambda: not harness.alive(old))
-        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        _kill_9_supervisor(myctr, old)
         keep = _inspect(myctr, "keep")  # this call starts a new supervisor
         assert keep["status"] == "running" and keep["pid"] not in (0, old)
         once = _inspect(myctr, "once")
@@ -219,12 +215,7 @@ class TestRecovery:
                                                 "exec sleep 1000")
         cdir = myctr.state_root / "data" / "containers" / cid
         _until(lambda: (cdir / "upper" / "made").exists())
-        reply = harness.supervisor_call(myctr.state_root, "ping")
-        assert isinstance(reply, dict)
-        pid = _inspect(myctr, cid)["pid"]
-        os.kill(reply["result"]["pid"], signal.SIGKILL)
-        _until(lambda: not harness.alive(pid))
-        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        _kill_9_supervisor(myctr, _inspect(myctr, cid)["pid"])
         with sqlite3.connect(myctr.state_root / "data" / "myctr.db") as db:
             db.execute("DELETE FROM containers WHERE id = ?", (cid,))
         assert cdir.exists()
@@ -236,12 +227,7 @@ class TestRecovery:
         leaves an exited --rm record (and its files); the next supervisor removes it."""
         cid = _detached(myctr, "--rm", "/bin/sleep", "1000")
         cdir = myctr.state_root / "data" / "containers" / cid
-        reply = harness.supervisor_call(myctr.state_root, "ping")
-        assert isinstance(reply, dict)
-        pid = _inspect(myctr, cid)["pid"]
-        os.kill(reply["result"]["pid"], signal.SIGKILL)
-        _until(lambda: not harness.alive(pid))
-        _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+        _kill_9_supervisor(myctr, _inspect(myctr, cid)["pid"])
         with sqlite3.connect(myctr.state_root / "data" / "myctr.db") as db:
             db.execute("UPDATE containers SET status = 'exited', pid = 0, exit_code = 137 "
                        "WHERE id = ?", (cid,))
@@ -320,33 +306,20 @@ class TestEventsAndSocket:
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
 
 
+def _kill_9_supervisor(myctr: Myctr, container_pid: int) -> None:
+    """kill -9 the supervisor; return once the container of ``container_pid`` died
+    with it and nothing uses the state root any more."""
+    reply = harness.supervisor_call(myctr.state_root, "ping")
+    assert isinstance(reply, dict)
+    os.kill(reply["result"]["pid"], signal.SIGKILL)
+    _until(lambda: not harness.alive(container_pid))
+    _until(lambda: harness.processes_using(str(myctr.state_root)) == [])
+
+
 def _exchange(path: str, data: bytes) -> dict:  # type: ignore[type-arg]
     reply = harness.exchange(path, data)
     assert reply is not None, "the supervisor answered nothing"
     return reply
-
-
-def _requests(path: str, calls: list[tuple[str, dict]],  # type: ignore[type-arg]
-              timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
-    """Send the calls at once on one connection; their responses, in the calls' order
-    (a socket timeout fails the test rather than hanging it)."""
-    data = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}
-                               ).encode() + b"\n" for i, (m, p) in enumerate(calls))
-    replies: dict[int, dict] = {}  # type: ignore[type-arg]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(data)
-        buffer = b""
-        while len(replies) < len(calls):
-            chunk = sock.recv(65536)
-            assert chunk, f"the supervisor hung up: {replies}"
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                reply = json.loads(line)
-                replies[reply["id"]] = reply
-    return [replies[i] for i in range(len(calls))]
 
 
 def _read_events(state_root: Path, since: int, until_type: str) -> list[dict]:  # type: ignore[type-arg]
