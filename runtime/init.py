@@ -111,7 +111,7 @@ def forget_supervisor() -> None:
         _supervisor_pidfd = None
 
 
-def supervisor_gone(pidfd: int | None) -> bool:
+def process_exited(pidfd: int | None) -> bool:
     """Whether the process of ``pidfd`` has exited (a pidfd polls readable then)."""
     if pidfd is None:
         return False
@@ -126,7 +126,7 @@ def arm_parent_death() -> None:
     go_ahead it waits for no Start that would tell it). The kernel disarms the signal
     at every change of credentials: called again after each."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if supervisor_gone(_supervisor_pidfd):
+    if process_exited(_supervisor_pidfd):
         os._exit(125)
 
 

@@ -9,7 +9,6 @@ the exit only when the pumps have drained. Statuses move through
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import signal
@@ -24,7 +23,7 @@ from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, proc_stat, process_start_time
 from runtime.errors import Conflict, ContainerError, HostError, SetupFailed, SpecError
 from runtime.idmap import IdMapPlan
-from runtime.init import InitConfig
+from runtime.init import InitConfig, process_exited
 from runtime.log import get_logger
 from runtime.paths import StatePaths
 from runtime.spec import ContainerSpec
@@ -626,8 +625,10 @@ class Supervisor:
                             on_pid=known)
                     except BaseException as exc:
                         self.known_children.difference_update(pids)  # the spawner reaped it
-                        if isinstance(exc, SetupFailed) and exc.errno == errno.ESRCH:
-                            # its init died while the exec joined: setns found no process
+                        if isinstance(exc, (SetupFailed, HostError)) \
+                                and process_exited(container_pidfd):
+                            # the init died while the exec joined (setns found no
+                            # process, its cgroup went, the joiner died with it)
                             raise Conflict(
                                 f"container {c.record.name} is not running") from None
                         raise

@@ -105,6 +105,12 @@ def read(path: str) -> str:
     return read_file(path).decode()
 
 
+def gone(exc: OSError) -> bool:
+    """Whether ``exc`` says the cgroup file's cgroup is no more (removed: ENOENT, or
+    being removed by the kernel: ENODEV), as when its run's teardown took it."""
+    return exc.errno in (errno.ENOENT, errno.ENODEV)
+
+
 def write(path: str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:

@@ -22,6 +22,7 @@ from . import (
     WANTED_V1,
     MountedHierarchy,
     Unavailable,
+    gone,
     host_dir,
     read,
     read_int,
@@ -228,10 +229,7 @@ class V1Cgroup:
                     os.kill(pid, sig)
         finally:
             if frozen:
-                # removed meanwhile (its init exited and the run's teardown took it):
-                # nothing is left frozen
-                with contextlib.suppress(FileNotFoundError):
-                    self.thaw()
+                self.thaw()
 
     def freeze(self) -> None:
         state = self._f("freezer", "freezer.state")
@@ -246,9 +244,15 @@ class V1Cgroup:
             time.sleep(0.001)
 
     def thaw(self) -> None:
+        """Thaw; a cgroup removed meanwhile (its init exited and the run's teardown
+        took it) has nothing left frozen."""
         state = self._f("freezer", "freezer.state")
         if state is not None:
-            write(state, "THAWED")
+            try:
+                write(state, "THAWED")
+            except OSError as exc:
+                if not gone(exc):
+                    raise
 
     def oom_control_path(self) -> str | None:
         return self._f("memory", "memory.oom_control")

@@ -22,6 +22,7 @@ from . import (
     WANTED_V2,
     MountedHierarchy,
     Unavailable,
+    gone,
     host_dir,
     read,
     read_int,
@@ -207,9 +208,10 @@ class V2Cgroup:
         if sig == signal.SIGKILL and os.path.exists(self._f("cgroup.kill")):
             try:
                 write(self._f("cgroup.kill"), "1")
-                return
-            except FileNotFoundError:
-                return
+            except OSError as exc:
+                if not gone(exc):
+                    raise
+            return
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -223,7 +225,12 @@ class V2Cgroup:
             raise
 
     def thaw(self) -> None:
-        write(self._f("cgroup.freeze"), "0")
+        """Thaw; a cgroup removed meanwhile has nothing left frozen."""
+        try:
+            write(self._f("cgroup.freeze"), "0")
+        except OSError as exc:
+            if not gone(exc):
+                raise
 
     def _wait_frozen(self, want: int, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

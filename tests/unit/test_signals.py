@@ -48,7 +48,7 @@ def test_remembered_signals_are_the_ones_reset(ignoring_usr1_and_hup: None,
     assert signal.SIGUSR1 in init._ignored_at_fork  # type: ignore[operator]
 
 
-def test_supervisor_gone_follows_the_process() -> None:
+def test_process_exited_follows_the_process() -> None:
     """An init checks its supervisor's pidfd once its parent-death signal is armed."""
     import os
 
@@ -59,11 +59,11 @@ def test_supervisor_gone_follows_the_process() -> None:
         os._exit(0)
     pidfd = os.pidfd_open(child)
     try:
-        assert not init.supervisor_gone(pidfd)
+        assert not init.process_exited(pidfd)
         os.write(write, b"x")
         os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-        assert init.supervisor_gone(pidfd)
-        assert not init.supervisor_gone(None)
+        assert init.process_exited(pidfd)
+        assert not init.process_exited(None)
     finally:
         for fd in (pidfd, read, write):
             os.close(fd)
