@@ -119,11 +119,9 @@ class CgroupManager:
         """Drop the record of our bases once none is left; a base still there (a
         container cgroup below it could not be removed: busy, frozen) stays recorded,
         for the next supervisor's recover() to remove."""
-        left = [b for b in (doc or {}).get("bases", []) if os.path.isdir(b)]
+        left = cg.clear_state_if_gone(self.run_dir, doc)
         if left:
             log.warning("cgroups left behind: the next supervisor removes them", bases=left)
-            return
-        cg.clear_state(self.run_dir)
 
 
 class Inotify:

@@ -9,6 +9,7 @@ the exit only when the pumps have drained. Statuses move through
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -21,7 +22,7 @@ import trio
 
 from runtime import containerdir, libc
 from runtime.containerdir import ContainerDir, proc_stat, process_start_time
-from runtime.errors import Conflict, ContainerError, HostError, SetupFailed, SpecError
+from runtime.errors import Conflict, ContainerError, HostError, NotFound, SetupFailed, SpecError
 from runtime.idmap import IdMapPlan
 from runtime.init import InitConfig, process_exited
 from runtime.log import get_logger
@@ -89,6 +90,11 @@ class Container:
         # with killed tasks in it, and an exec placed into a frozen cgroup froze
         # before it could report (found by a chaos run)
         self.freezer = trio.Lock()
+        # execs on their way in (placed into the cgroup, not yet Ready): a pause waits
+        # for them, a kill does not (their setup is the container's to stall)
+        self.placing = 0
+        self.placed = trio.Event()
+        self.placed.set()
 
     @property
     def status(self) -> Status:
@@ -166,6 +172,10 @@ class Supervisor:
         (one hop less on the start path)."""
         c: Container = await trio.to_thread.run_sync(self._create, params, run,
                                                      limiter=self.create_limiter)
+        if c.id not in self.containers:  # an rm -f by name came while the thread worked
+            with trio.CancelScope(shield=True):
+                await self._drop_cgroup(c)  # made after the removal had looked
+            raise NotFound(f"no such container: {c.record.name} (removed while created)")
         self._emit(c, "create")
         return c
 
@@ -260,6 +270,10 @@ class Supervisor:
         if announce:
             self.events.emit("remove", c.id, c.record.name)
         c.finished.set()  # its run's tree is over (or never was): nothing waits on more
+        # a run's cgroup made with the container (create for run) whose start never
+        # came: an rm -f between the two (no task tree owns it to drop it)
+        with trio.CancelScope(shield=True):
+            await self._drop_cgroup(c)
         await self._remove_files(cdir, self._net_path(c), plan)
 
     async def _remove_files(self, cdir: ContainerDir, net_path: str,
@@ -342,7 +356,8 @@ class Supervisor:
                     raise
                 raise StartFailed(exc.exit_code) from exc
             if c.record.manually_stopped:  # a stop or rm -f came while it started
-                await self.kill_all(c)
+                with contextlib.suppress(ContainerError, OSError):  # _watch sees it end
+                    await self.kill_all(c)
             if first:
                 first = False
                 task_status.started()
@@ -515,7 +530,8 @@ class Supervisor:
         """Kill what is left in the run's cgroup and remove it."""
         group, c.cgroup = c.cgroup, None
         if group is not None:
-            await trio.to_thread.run_sync(_remove_cgroup, c.id, group)
+            async with c.freezer:  # not while a pause or a kill freezes it
+                await trio.to_thread.run_sync(_remove_cgroup, c.id, group)
 
     async def _watch(self, c: Container, launched: Launched, attach: Attach | None) -> int:
         """Pump logs until the pipes drain and the init exits; return its status."""
@@ -601,12 +617,17 @@ class Supervisor:
         """Run one more process in the running container; return its exit status."""
         try:
             # Placed while no pause can freeze the container (a process placed into a
-            # frozen cgroup freezes before it reports), with the run's own pidfd: the
-            # run may end meanwhile and its fd number go to another container's init.
+            # frozen cgroup freezes before it reports: pause waits for c.placing), with
+            # the run's own pidfd: the run may end meanwhile and its fd number go to
+            # another container's init. A kill does not wait for it.
             async with c.freezer:
                 if c.status != Status.RUNNING or c.pidfd < 0:
                     raise Conflict(f"container {c.record.name} is not running")
                 container_pidfd = os.dup(c.pidfd)
+                c.placing += 1
+                if c.placed.is_set():
+                    c.placed = trio.Event()
+            try:
                 try:
                     spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
                                              stdin=attach.stdin is not None)
@@ -625,20 +646,36 @@ class Supervisor:
                             on_pid=known)
                     except BaseException as exc:
                         self.known_children.difference_update(pids)  # the spawner reaped it
-                        if isinstance(exc, (SetupFailed, HostError)) \
-                                and process_exited(container_pidfd):
+                        if isinstance(exc, (SetupFailed, HostError)) and (
+                                getattr(exc, "errno", 0) == errno.ESRCH
+                                or process_exited(container_pidfd)):
                             # the init died while the exec joined (setns found no
-                            # process, its cgroup went, the joiner died with it)
+                            # process: before its pidfd polls readable, a pid
+                            # namespace's init waits for the namespace to empty; or
+                            # its cgroup went, or the joiner died with it)
                             raise Conflict(
                                 f"container {c.record.name} is not running") from None
                         raise
                 finally:
                     os.close(container_pidfd)
+            finally:
+                c.placing -= 1
+                if not c.placing:
+                    c.placed.set()
         finally:
             attach.close()
         try:
             if init.pty_master is not None:
-                await on_pty(init.pty_master)
+                try:
+                    await on_pty(init.pty_master)
+                except BaseException:  # the client went away: the process waits for
+                    # a Start that will not come, its joiner with it: end both
+                    close_quietly(init.channel_fd)
+                    with contextlib.suppress(ProcessLookupError):
+                        libc.pidfd_send_signal(init.pidfd, signal.SIGKILL)
+                    with trio.CancelScope(shield=True):
+                        await _wait_exit(init.pid, init.pidfd)
+                    raise
             try:
                 await self.spawner.start(init)
                 code = await _wait_exit(init.pid, init.pidfd)
@@ -663,6 +700,12 @@ class Supervisor:
 
     # --- stop / kill / remove -------------------------------------------------------
 
+    async def kill(self, c: Container, sig: int) -> None:
+        """``myctr kill``: after a pause under way (a SIGKILL must find it PAUSED, to
+        thaw it: on cgroup v1 a frozen task dies only once thawed)."""
+        async with c.freezer:
+            self.signal(c, sig)
+
     def signal(self, c: Container, sig: int) -> None:
         if c.pidfd < 0 or c.status not in (Status.RUNNING, Status.PAUSED):
             raise Conflict(f"container {c.record.name} is not running")
@@ -685,9 +728,11 @@ class Supervisor:
         if c.status == Status.RESTARTING and c.scope is not None:
             c.scope.cancel()
         elif c.status in (Status.RUNNING, Status.PAUSED):
-            self.signal(c, c.options.stop_signal)
-            if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
-                await self.unpause(c)
+            async with c.freezer:  # after a pause under way: then it is PAUSED
+                if c.status in (Status.RUNNING, Status.PAUSED):
+                    self.signal(c, c.options.stop_signal)
+                if c.status == Status.PAUSED:  # a frozen init cannot act on the signal
+                    await self._unpause(c)
             with trio.move_on_after(timeout):
                 await c.exited.wait()
             if not c.exited.is_set():
@@ -740,8 +785,13 @@ class Supervisor:
             self.networks.release(c.id)
 
     async def pause(self, c: Container) -> None:
-        async with c.freezer:
-            await self._pause(c)
+        while True:
+            await c.placed.wait()  # not under the lock: a stalled exec stalls no kill
+            async with c.freezer:
+                if c.placing:  # another exec came in meanwhile
+                    continue
+                await self._pause(c)
+                return
 
     async def _pause(self, c: Container) -> None:
         if c.status != Status.RUNNING:
@@ -854,6 +904,8 @@ class Supervisor:
             if c.scope is not None and c.status == Status.RESTARTING:
                 c.scope.cancel()
             await c.finished.wait()
+            if c.scope is None and is_active(c.status):  # no task tree left to end it
+                break
         if c.id in self.containers:  # else it was auto-removed meanwhile
             await self._remove_now(c)
 
@@ -944,7 +996,10 @@ class Supervisor:
 
     async def _stop_for_shutdown(self, c: Container, timeout: float) -> None:
         manually = c.record.manually_stopped
-        await self.stop(c, timeout, manual=False)
+        try:
+            await self.stop(c, timeout, manual=False)
+        except ContainerError as exc:  # the others' stops go on (PDEATHSIG ends this one)
+            log.error("stop at shutdown failed", container_id=c.id, error=str(exc))
         c.record = c.record._replace(manually_stopped=manually)
 
 

@@ -276,7 +276,7 @@ class ControlServer:
 
     async def kill(self, params: dict[str, Any]) -> dict[str, Any]:
         c = self.sup.get(_ref(params))
-        self.sup.signal(c, _signal(params.get("signal", "KILL")))
+        await self.sup.kill(c, _signal(params.get("signal", "KILL")))
         return {"id": c.id}
 
     async def pause(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def serve(sock: socket.socket) -> None:
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and a terminal's hang-up
     remember_ignored_signals()  # each init resets these (and only these) before its exec
     capabilities.remember_bounding_set()  # and drops the bits of this set it must drop
     remember_supervisor(os.pidfd_open(os.getppid()))  # forked by it: still its parent
@@ -129,7 +130,7 @@ def remove_stale_cgroups(run_dir: str) -> None:
         return
     with contextlib.suppress(OSError, ContainerError):
         (v2 if doc.get("version") == 2 else v1).recover(doc)
-        cgroups.clear_state(run_dir)
+        cgroups.clear_state_if_gone(run_dir, doc)  # else the next supervisor tries again
 
 
 def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:

@@ -234,6 +234,16 @@ def load_state(run_dir: str) -> dict[str, Any] | None:
         return None
 
 
+def clear_state_if_gone(run_dir: str, doc: dict[str, Any] | None) -> list[str]:
+    """Drop the record of the bases of ``doc`` once none of them is left; return
+    those left (still recorded: a cgroup below could not be removed, busy or frozen,
+    and a later recover() removes it)."""
+    left = [b for b in (doc or {}).get("bases", []) if os.path.isdir(b)]
+    if not left:
+        clear_state(run_dir)
+    return left
+
+
 def clear_state(run_dir: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(run_dir, STATE_FILE))

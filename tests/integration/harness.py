@@ -438,23 +438,31 @@ def remove_cgroup_tree(path: Path) -> list[str]:
 
 
 def requests_at_once(path: str, calls: list[tuple[str, dict]],  # type: ignore[type-arg]
-              timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
-    """Send the calls at once on one connection; their responses, in the calls' order
-    (a socket timeout fails the test rather than hanging it)."""
-    data = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}
-                               ).encode() + b"\n" for i, (m, p) in enumerate(calls))
+                     timeout: float = 20, gap: float = 0.0) -> list[dict]:  # type: ignore[type-arg]
+    """Send the calls on one connection without waiting for answers (``gap`` seconds
+    apart); their responses, in the calls' order (a socket timeout fails the test
+    rather than hanging it)."""
+    import time
+
+    lines = [json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}).encode() + b"\n"
+             for i, (m, p) in enumerate(calls)]
     replies: dict[int, dict] = {}  # type: ignore[type-arg]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(data)
+        if gap:
+            for line in lines:
+                sock.sendall(line)
+                time.sleep(gap)
+        else:
+            sock.sendall(b"".join(lines))
         buffer = b""
         while len(replies) < len(calls):
             chunk = sock.recv(65536)
             assert chunk, f"the supervisor hung up: {replies}"
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
+            *received, buffer = buffer.split(b"\n")
+            for line in received:
                 reply = json.loads(line)
                 replies[reply["id"]] = reply
     return [replies[i] for i in range(len(calls))]

@@ -257,6 +257,21 @@ class TestLimits:
                 assert replies[1]["error"]["code"] == -32001, replies
                 assert limited("rm", "-f", name).returncode == 0
         assert limited.call("container.list", all=True) == []
+        # an rm -f a few ms after the run: between the create (which makes the run's
+        # cgroup) and the start; the cgroup used to stay until the shutdown
+        bases = limited.call("info")["cgroups"]["base"]
+        base = Path(bases[0] if isinstance(bases, list) else bases)
+        for i in range(40):
+            name = f"slow-{i}"
+            replies = harness.requests_at_once(path, [
+                ("container.run", {"rootfs": str(limited.rootfs),
+                                   "command": ["/bin/sleep", "1000"], "name": name}),
+                ("container.remove", {"id": name, "force": True})], gap=0.001 * (i % 8))
+            if "error" in replies[1] or "result" in replies[0]:
+                limited("rm", "-f", name)
+        assert limited.call("container.list", all=True) == []
+        left = [p.name for p in base.iterdir() if p.is_dir() and p.name != "supervisor"]
+        assert not left, left
 
     def test_a_cgroup_left_at_shutdown_goes_after(self, limited: Limited) -> None:
         """A cgroup the supervisor cannot remove at shutdown (here a stray one made
