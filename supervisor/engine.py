@@ -173,8 +173,13 @@ class Supervisor:
         c: Container = await trio.to_thread.run_sync(self._create, params, run,
                                                      limiter=self.create_limiter)
         if c.id not in self.containers:  # an rm -f by name came while the thread worked
-            with trio.CancelScope(shield=True):
-                await self._drop_cgroup(c)  # made after the removal had looked
+            # on the run's cgroup: whatever the removal found of it, the thread made
+            # the rest after; remove every dir of the container's id now
+            c.cgroup = None
+            if run and self.cgroups.driver is not None and self.cgroups.driver.ready:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_remove_cgroup, c.id,
+                                                  self.cgroups.handle(c.id))
             raise NotFound(f"no such container: {c.record.name} (removed while created)")
         self._emit(c, "create")
         return c
@@ -219,7 +224,8 @@ class Supervisor:
                 self._new_cgroup(c)
             except HostError:
                 group, c.cgroup = c.cgroup, None
-                _remove_cgroup(c.id, group)
+                if group is not None:  # else an rm -f took it meanwhile (see create)
+                    _remove_cgroup(c.id, group)
         return c
 
     def _effective(self, options: CreateOptions, cid: str) -> CreateOptions:

@@ -261,12 +261,12 @@ class TestLimits:
         # cgroup) and the start; the cgroup used to stay until the shutdown
         bases = limited.call("info")["cgroups"]["base"]
         base = Path(bases[0] if isinstance(bases, list) else bases)
-        for i in range(40):
+        for i in range(64):
             name = f"slow-{i}"
             replies = harness.requests_at_once(path, [
                 ("container.run", {"rootfs": str(limited.rootfs),
                                    "command": ["/bin/sleep", "1000"], "name": name}),
-                ("container.remove", {"id": name, "force": True})], gap=0.001 * (i % 8))
+                ("container.remove", {"id": name, "force": True})], gap=0.0005 * (i % 16))
             if "error" in replies[1] or "result" in replies[0]:
                 limited("rm", "-f", name)
         assert limited.call("container.list", all=True) == []
