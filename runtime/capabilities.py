@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from . import libc
+from .containerdir import status_mask
 from .errors import SpecError
 from .spec import Capabilities
 
@@ -134,12 +135,11 @@ def last_cap() -> int:
 def bounding_set() -> int:
     """This process's bounding set as a mask (CapBnd in /proc/self/status), or, without
     a /proc, asked bit by bit."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            return next(int(line.split()[1], 16) for line in f if line.startswith(b"CapBnd:"))
-    except (OSError, StopIteration, ValueError):
-        return sum(1 << bit for bit in range(last_cap() + 1)
-                   if libc.prctl(libc.PR_CAPBSET_READ, bit) == 1)
+    mask = status_mask(b"CapBnd")
+    if mask is not None:
+        return mask
+    return sum(1 << bit for bit in range(last_cap() + 1)
+               if libc.prctl(libc.PR_CAPBSET_READ, bit) == 1)
 
 
 _at_fork: tuple[int, int] | None = None  # (last_cap, bounding set) of the zygote

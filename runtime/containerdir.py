@@ -32,6 +32,17 @@ def proc_stat(pid: int) -> list[bytes] | None:
     return stat[stat.rindex(b")") + 2 :].split()
 
 
+def status_mask(field: bytes) -> int | None:
+    """A hex mask of /proc/self/status (``b"SigIgn"``, ``b"CapBnd"``), None without one."""
+    prefix = field + b":"
+    try:
+        with open("/proc/self/status", "rb") as f:
+            return next((int(line.split()[1], 16) for line in f if line.startswith(prefix)),
+                        None)
+    except (OSError, ValueError):
+        return None
+
+
 def process_start_time(pid: int) -> int:
     """The start time (clock ticks since boot) of ``pid``: with the pid it names one
     process for good, since a recycled pid has another start time. 0 if gone."""

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from . import capabilities, libc, rootfs
 from .channel import Channel, ExecFailed, Placed, PtyMaster, Ready, SetupFailed, Start
-from .containerdir import read_file
+from .containerdir import read_file, status_mask
 from .errors import SpecError, os_error_message
 from .seccomp import install_bpf
 from .spec import ContainerSpec
@@ -289,10 +289,8 @@ def ignored_signals() -> tuple[int, ...]:
     """The signals this process ignores, as the kernel has them (SigIgn in
     /proc/self/status): glibc's reserved 32 and 33 too, which Python cannot name.
     Without a /proc: those Python knows ignored, and glibc's two (reset either way)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            mask = next(int(line.split()[1], 16) for line in f if line.startswith(b"SigIgn:"))
-    except (OSError, StopIteration):
+    mask = status_mask(b"SigIgn")
+    if mask is None:
         return (*(sig for sig in signal.valid_signals()
                   if sig not in (signal.SIGKILL, signal.SIGSTOP)
                   and signal.getsignal(sig) == signal.SIG_IGN), *GLIBC_RESERVED_SIGNALS)

@@ -14,7 +14,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import outcome
@@ -85,14 +85,11 @@ class Container:
         self.cgroup: Any = None  # the current run's cgroup handle, if it has one
         self.attached: Any = None  # the current run's netplug.Attached, if any
         self.update_lock = trio.Lock()
-        # pause, unpause, kill_all and an exec's placement, one at a time: a kill's
-        # freeze-kill-thaw interleaved with a pause's freeze left the cgroup frozen
-        # with killed tasks in it, and an exec placed into a frozen cgroup froze
-        # before it could report (found by a chaos run)
+        # pause, unpause, kill, stop's signal and the removal of the run's cgroup, one
+        # at a time: a kill's freeze-kill-thaw interleaved with a pause's freeze left
+        # the cgroup frozen with killed tasks in it (found by a chaos run)
         self.freezer = trio.Lock()
-        # execs on their way in (placed into the cgroup, not yet Ready): a pause waits
-        # for them, a kill does not (their setup is the container's to stall)
-        self.placing = 0
+        self.placing = 0  # execs on their way in (Supervisor._placing_exec)
         self.placed = trio.Event()
         self.placed.set()
 
@@ -416,23 +413,17 @@ class Supervisor:
         # to reap from the moment its pid is known: a fast command can exit (and a
         # SIGCHLD from any container wake reap_strays) before create() returns.
         go_ahead = not c.options.network.plugged
-        pids: list[int] = []
-
-        def known(pid: int) -> None:
-            pids.append(pid)
-            self.known_children.add(pid)
         try:
             group = await self._make_cgroup(c)
-            init = await self.spawner.create(prepared.spec,
-                                             prepared.config._replace(go_ahead=go_ahead),
-                                             prepared.plan, (stdin, out_w, err_w),
-                                             group.procs_files if group is not None else (),
-                                             spec_doc=prepared.oci,
-                                             on_pid=known)
+            with self._new_child() as known:
+                init = await self.spawner.create(prepared.spec,
+                                                 prepared.config._replace(go_ahead=go_ahead),
+                                                 prepared.plan, (stdin, out_w, err_w),
+                                                 group.procs_files if group is not None else (),
+                                                 spec_doc=prepared.oci, on_pid=known)
             if prepared.oci is not None:  # not kept per container: ~100 KiB of objects
                 c.prepared = prepared._replace(oci=None)
         except BaseException:
-            self.known_children.difference_update(pids)  # reaped by the spawner
             close_quietly(out_r, err_r)
             with trio.CancelScope(shield=True):
                 await self._drop_cgroup(c)
@@ -469,6 +460,22 @@ class Supervisor:
         c.exited = trio.Event()
         self._emit(c, "start", pid=init.pid)
         return Launched(init, out_r, err_r)
+
+    @contextlib.contextmanager
+    def _new_child(self) -> Iterator[Callable[[int], None]]:
+        """The ``on_pid`` of a spawn: the child is ours to reap (not a stray) from the
+        moment its pid is known, a fast command may exit before the spawn returns; if
+        the spawn fails, the spawner reaped it."""
+        pids: list[int] = []
+
+        def known(pid: int) -> None:
+            pids.append(pid)
+            self.known_children.add(pid)
+        try:
+            yield known
+        except BaseException:
+            self.known_children.difference_update(pids)
+            raise
 
     async def _plug(self, c: Container, pid: int, run: trio.Nursery) -> None:
         """This run's network: its plug's task in the run's nursery, started (and
@@ -622,52 +629,27 @@ class Supervisor:
                    on_pty: Callable[[int], Awaitable[None]]) -> int:
         """Run one more process in the running container; return its exit status."""
         try:
-            # Placed while no pause can freeze the container (a process placed into a
-            # frozen cgroup freezes before it reports: pause waits for c.placing), with
-            # the run's own pidfd: the run may end meanwhile and its fd number go to
-            # another container's init. A kill does not wait for it.
-            async with c.freezer:
-                if c.status != Status.RUNNING or c.pidfd < 0:
-                    raise Conflict(f"container {c.record.name} is not running")
-                container_pidfd = os.dup(c.pidfd)
-                c.placing += 1
-                if c.placed.is_set():
-                    c.placed = trio.Event()
-            try:
+            async with self._placing_exec(c) as container_pidfd:
+                spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
+                                         stdin=attach.stdin is not None)
+                stdio = (attach.stdin if attach.stdin is not None else self.devnull,
+                         attach.stdout if attach.stdout is not None else self.devnull,
+                         attach.stderr if attach.stderr is not None else self.devnull)
                 try:
-                    spec, config = exec_spec(self.store.get(c.id).spec, c.options, params,
-                                             stdin=attach.stdin is not None)
-                    stdio = (attach.stdin if attach.stdin is not None else self.devnull,
-                             attach.stdout if attach.stdout is not None else self.devnull,
-                             attach.stderr if attach.stderr is not None else self.devnull)
-                    pids: list[int] = []
-
-                    def known(pid: int) -> None:  # ours to reap from now on
-                        pids.append(pid)
-                        self.known_children.add(pid)
-                    try:
+                    with self._new_child() as known:
                         init = await self.spawner.create_exec(
                             spec, config, stdio, container_pidfd,
                             c.cgroup.procs_files if c.cgroup is not None else (),
                             on_pid=known)
-                    except BaseException as exc:
-                        self.known_children.difference_update(pids)  # the spawner reaped it
-                        if isinstance(exc, (SetupFailed, HostError)) and (
-                                getattr(exc, "errno", 0) == errno.ESRCH
-                                or process_exited(container_pidfd)):
-                            # the init died while the exec joined (setns found no
-                            # process: before its pidfd polls readable, a pid
-                            # namespace's init waits for the namespace to empty; or
-                            # its cgroup went, or the joiner died with it)
-                            raise Conflict(
-                                f"container {c.record.name} is not running") from None
-                        raise
-                finally:
-                    os.close(container_pidfd)
-            finally:
-                c.placing -= 1
-                if not c.placing:
-                    c.placed.set()
+                except (SetupFailed, HostError) as exc:
+                    if getattr(exc, "errno", 0) == errno.ESRCH \
+                            or process_exited(container_pidfd):
+                        # the init died while the exec joined (setns found no process:
+                        # before its pidfd polls readable, a pid namespace's init waits
+                        # for the namespace to empty; or its cgroup went, or the joiner
+                        # died with it)
+                        raise Conflict(f"container {c.record.name} is not running") from None
+                    raise
         finally:
             attach.close()
         try:
@@ -703,6 +685,28 @@ class Supervisor:
             close_quietly(init.pidfd, init.pty_master)
         self._emit(c, "exec-die", exit_code=code, command=spec.process.args[0])
         return code
+
+    @contextlib.asynccontextmanager
+    async def _placing_exec(self, c: Container) -> AsyncIterator[int]:
+        """An exec on its way into running ``c``: a duplicate of its init's pidfd (the
+        run may end meanwhile, and its fd number go to another container's init),
+        counted in ``c.placing`` until the exec is Ready: a pause waits for those (a
+        process placed into a frozen cgroup freezes before it reports), a kill does
+        not (their setup is the container's to stall)."""
+        async with c.freezer:
+            if c.status != Status.RUNNING or c.pidfd < 0:
+                raise Conflict(f"container {c.record.name} is not running")
+            pidfd = os.dup(c.pidfd)
+            c.placing += 1
+            if c.placed.is_set():
+                c.placed = trio.Event()
+        try:
+            yield pidfd
+        finally:
+            os.close(pidfd)
+            c.placing -= 1
+            if not c.placing:
+                c.placed.set()
 
     # --- stop / kill / remove -------------------------------------------------------
 

@@ -119,6 +119,16 @@ def write(path: str, value: str) -> None:
         os.close(fd)
 
 
+def write_unless_gone(path: str, value: str) -> None:
+    """:func:`write`, a no-op for a cgroup removed meanwhile (see :func:`gone`): a thaw
+    or a kill of a run whose teardown took its cgroup has nothing left to act on."""
+    try:
+        write(path, value)
+    except OSError as exc:
+        if not gone(exc):
+            raise
+
+
 def read_keyed(path: str) -> dict[str, int]:
     """A flat keyed file (``key value`` per line) as ints."""
     out: dict[str, int] = {}

@@ -22,7 +22,6 @@ from . import (
     WANTED_V1,
     MountedHierarchy,
     Unavailable,
-    gone,
     host_dir,
     read,
     read_int,
@@ -31,6 +30,7 @@ from . import (
     remove_tree,
     rmdir_when_empty,
     write,
+    write_unless_gone,
 )
 from .limits import Resources
 
@@ -248,11 +248,7 @@ class V1Cgroup:
         took it) has nothing left frozen."""
         state = self._f("freezer", "freezer.state")
         if state is not None:
-            try:
-                write(state, "THAWED")
-            except OSError as exc:
-                if not gone(exc):
-                    raise
+            write_unless_gone(state, "THAWED")
 
     def oom_control_path(self) -> str | None:
         return self._f("memory", "memory.oom_control")

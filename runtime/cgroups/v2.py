@@ -22,7 +22,6 @@ from . import (
     WANTED_V2,
     MountedHierarchy,
     Unavailable,
-    gone,
     host_dir,
     read,
     read_int,
@@ -31,6 +30,7 @@ from . import (
     remove_tree,
     rmdir_when_empty,
     write,
+    write_unless_gone,
 )
 from .limits import Resources
 
@@ -206,11 +206,7 @@ class V2Cgroup:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal every process; SIGKILL in one write to cgroup.kill (Linux >= 5.14)."""
         if sig == signal.SIGKILL and os.path.exists(self._f("cgroup.kill")):
-            try:
-                write(self._f("cgroup.kill"), "1")
-            except OSError as exc:
-                if not gone(exc):
-                    raise
+            write_unless_gone(self._f("cgroup.kill"), "1")
             return
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
@@ -226,11 +222,7 @@ class V2Cgroup:
 
     def thaw(self) -> None:
         """Thaw; a cgroup removed meanwhile has nothing left frozen."""
-        try:
-            write(self._f("cgroup.freeze"), "0")
-        except OSError as exc:
-            if not gone(exc):
-                raise
+        write_unless_gone(self._f("cgroup.freeze"), "0")
 
     def _wait_frozen(self, want: int, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
