@@ -3,8 +3,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2 slirp4netns libnftables1 iproute2
-TEST_PKGS := $(RUNTIME_PKGS) gcc libc6-dev qemu-system-x86 docker-registry apache2-utils \
+RUNTIME_PKGS := python3-venv busybox-static uidmap catatonit libseccomp2 slirp4netns libnftables1 iproute2 \
+	gcc libc6-dev
+TEST_PKGS := $(RUNTIME_PKGS) qemu-system-x86 docker-registry apache2-utils \
 	nftables podman runc openssl
 BENCH_PKGS := $(RUNTIME_PKGS) crun runc podman buildah iperf3
 
@@ -27,19 +28,25 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
+# the init's native stage (runtime/nativeinit.py), loaded with ctypes
+NATIVE_INIT := runtime/libmyctrinit.so
+$(NATIVE_INIT): runtime/nativeinit.c
+	gcc -O2 -shared -fPIC -fno-stack-protector -Wl,-z,now -Wall -Wextra -Werror -o $@.tmp $<
+	mv $@.tmp $@
+
 deps:
 	$(call apt_ensure,$(RUNTIME_PKGS))
-	@$(MAKE) -s $(VENV)/.installed
+	@$(MAKE) -s $(VENV)/.installed $(NATIVE_INIT)
 	@$(PY) -m compileall -q supervisor runtime netplug
 
 test-deps:
 	$(call apt_ensure,$(TEST_PKGS))
-	@$(MAKE) -s $(VENV)/.installed
+	@$(MAKE) -s $(VENV)/.installed $(NATIVE_INIT)
 	@$(PY) -m compileall -q supervisor runtime netplug
 
 bench-deps:
 	$(call apt_ensure,$(BENCH_PKGS))
-	@$(MAKE) -s $(VENV)/.installed
+	@$(MAKE) -s $(VENV)/.installed $(NATIVE_INIT)
 	@$(PY) -m compileall -q supervisor runtime netplug
 
 demo: deps
@@ -111,4 +118,4 @@ bench: bench-deps
 	$(PY) -m bench.net_bench
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build $(NATIVE_INIT)

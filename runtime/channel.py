@@ -18,6 +18,7 @@ The sequence::
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any, NamedTuple
 
@@ -118,7 +119,30 @@ class Channel:
         self.sock.close()
 
 
+# A failure of the native init (runtime/nativeinit.c): "\0F", its kind, errno (i32),
+# and the text naming what failed.
+_NATIVE_FAILURE = b"\0F"
+_NATIVE_SETUP, _NATIVE_EXEC, _NATIVE_NOT_IN_PATH, _NATIVE_NO_FILE, _NATIVE_DENIED = range(5)
+
+
+def _decode_native(data: bytes) -> SetupFailed | ExecFailed:
+    kind = data[2]
+    err = int.from_bytes(data[3:7], "little", signed=True)
+    what = data[7:].decode(errors="replace")
+    if kind == _NATIVE_SETUP:
+        return SetupFailed(err, f"{what}: {os.strerror(err)}" if err else what)
+    if kind == _NATIVE_NOT_IN_PATH:
+        return ExecFailed(err, f'exec "{what}": executable file not found in $PATH')
+    if kind == _NATIVE_NO_FILE:
+        return ExecFailed(err, f'exec "{what}": no such file or directory')
+    if kind == _NATIVE_DENIED:
+        return ExecFailed(err, f'exec "{what}": permission denied')
+    return ExecFailed(err, f'exec "{what}": {os.strerror(err)}')
+
+
 def _decode(data: bytes, fds: list[int]) -> Message:
+    if data.startswith(_NATIVE_FAILURE):
+        return _decode_native(data)
     doc = json.loads(data)
     cls = _TYPES[doc.pop("type")]
     if cls is PtyMaster:

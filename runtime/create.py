@@ -130,11 +130,23 @@ def create(
                  cgroup_procs=cgroup_procs, wait_ready=wait_ready)
 
 
-def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Channel], None],
+def create_native(flags: int, native_plan: bytes, plan: IdMapPlan | None,
+                  stdio: tuple[int, int, int] | None = None, clone_parent: bool = False,
+                  cgroup_procs: tuple[str, ...] = (), wait_ready: bool = True) -> InitProcess:
+    """:func:`create` for an init compiled by :func:`runtime.nativeinit.compile_init`
+    (its ``flags`` and ``native_plan``): no Python runs in the child."""
+    flags |= libc.CLONE_PARENT if clone_parent else 0
+    return spawn(flags, stdio, native_plan,
+                 plan if flags & libc.CLONE_NEWUSER else None, ours=not clone_parent,
+                 cgroup_procs=cgroup_procs, wait_ready=wait_ready)
+
+
+def spawn(flags: int, stdio: tuple[int, int, int] | None,
+          child: Callable[[Channel], None] | bytes,
           plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = (),
           wait_ready: bool = True) -> InitProcess:
     """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
-    for Placed); it is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or
+    for Placed), or the native init's plan ``child`` (bytes: runtime.nativeinit); it is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or
     the parent moves it (v1 with a new user namespace); the parent writes the maps of
     ``plan``, sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
     and its pid put on the exception as ``init_pid``."""
@@ -143,16 +155,28 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None, child: Callable[[Chann
     into = None if tasks else _cgroup_fd(cgroup_procs)  # cgroup v2
     if flags & libc.CLONE_NEWUSER:  # the child cannot write the host's cgroup files
         tasks = ()  # (then the parent moves it by pid)
+    if isinstance(child, bytes):  # a native plan: see runtime.nativeinit
+        from . import init, nativeinit
+
+        plan_bytes = nativeinit.first_steps(parent_end.fileno(), tasks) + child
+
+        def clone(into: int | None) -> tuple[int, int]:
+            return nativeinit.spawn(plan_bytes, flags, into, child_end.fileno(),
+                                    init._supervisor_pidfd)
+    else:
+        def clone(into: int | None) -> tuple[int, int]:
+            return libc.clone3(flags, into)
     with stdio_for_child(stdio):
         try:
-            pid, pidfd = libc.clone3(flags, into)
+            pid, pidfd = clone(into)
         except OSError as exc:  # EBADF/EINVAL/EOPNOTSUPP: not a cgroup2 dir we can use
             if into is None or exc.errno not in (errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
             os.close(into)  # not a cgroup2 directory: write cgroup.procs instead
             into = None
-            pid, pidfd = libc.clone3(flags)
+            pid, pidfd = clone(None)
         if pid == 0:
+            assert callable(child)
             # A collection would touch every tracked object, and after the fork each
             # page it writes is a copy-on-write fault; the child lives milliseconds.
             gc.disable()

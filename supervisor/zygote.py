@@ -31,11 +31,12 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from runtime import capabilities
+from runtime import capabilities, nativeinit
 from runtime.containerdir import rmtree
-from runtime.create import create
+from runtime.create import InitProcess, create, create_native
 from runtime.errors import ContainerError, ExecFailed, SetupFailed, os_error_message
 from runtime.execute import create_exec
 from runtime.idmap import IdMapPlan, run_in_user_namespace
@@ -89,6 +90,7 @@ def serve(sock: socket.socket) -> None:
     supervisor for as long as it takes to remove the container cgroups it left."""
     # What the zygote holds now stays: out of the collector's sight, its pages stay
     # shared with every init forked from here (no collection writes them).
+    nativeinit.available()  # loaded once, here: every init's clone uses it
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a stop of the process group
@@ -105,7 +107,9 @@ def serve(sock: socket.socket) -> None:
         if not data:
             return
         try:
-            reply, reply_fds = handle(json.loads(data), fds)
+            # a native init's plan follows its request after a NUL (runtime.nativeinit)
+            head, _, native = data.partition(b"\0")
+            reply, reply_fds = handle(json.loads(head), fds, native)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -133,8 +137,16 @@ def remove_stale_cgroups(run_dir: str) -> None:
         cgroups.clear_state_if_gone(run_dir, doc)  # else the next supervisor tries again
 
 
-def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
-    """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd)."""
+def handle(request: dict[str, Any], fds: list[int],
+           native: bytes = b"") -> tuple[dict[str, Any], list[int]]:
+    """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd).
+    A ``create`` with "native" (its clone flags) runs the ``native`` plan instead of the
+    Python init: the spec stays with the supervisor, which compiled it."""
+    if "native" in request:
+        return _created(lambda: create_native(
+            request["native"], native, decode_plan(request["plan"]),
+            stdio=(fds[0], fds[1], fds[2]), clone_parent=True,
+            cgroup_procs=tuple(request.get("cgroup_procs") or ()), wait_ready=False))
     if request.get("op") == "rmtree":
         return remove_trees(request["paths"], decode_plan(request["plan"])), []
     if request.get("op") == "unpack":
@@ -145,15 +157,20 @@ def handle(request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], lis
     config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
     cgroup_procs = tuple(request.get("cgroup_procs") or ())
+    # placed, not ready: the supervisor waits for Ready on the channel while the
+    # zygote clones the next init
+    if request.get("op") == "exec":
+        return _created(lambda: create_exec(spec, config, fds[3], stdio, cgroup_procs,
+                                            wait_ready=False))
+    plan = decode_plan(request["plan"])
+    return _created(lambda: create(spec, config, plan, stdio=stdio, clone_parent=True,
+                                   cgroup_procs=cgroup_procs, wait_ready=False))
+
+
+def _created(make: Callable[[], InitProcess]) -> tuple[dict[str, Any], list[int]]:
+    """The reply for an init that ``make`` creates, or for its error."""
     try:
-        # placed, not ready: the supervisor waits for Ready on the channel while the
-        # zygote clones the next init
-        if request.get("op") == "exec":
-            process = create_exec(spec, config, fds[3], stdio, cgroup_procs, wait_ready=False)
-        else:
-            plan = decode_plan(request["plan"])
-            process = create(spec, config, plan, stdio=stdio, clone_parent=True,
-                             cgroup_procs=cgroup_procs, wait_ready=False)
+        process = make()
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc),
                 "pid": getattr(exc, "init_pid", None)}, []
@@ -254,6 +271,13 @@ def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
 def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | None,
                    op: str = "create", cgroup_procs: tuple[str, ...] = (),
                    spec_doc: dict[str, Any] | None = None) -> bytes:
+    if op == "create" and nativeinit.available():
+        compiled = nativeinit.compile_init(spec, config)
+        if compiled is not None:
+            flags, native = compiled
+            head = {"op": op, "native": flags, "cgroup_procs": list(cgroup_procs),
+                    "plan": encode_plan(plan)}
+            return json.dumps(head).encode() + b"\0" + native
     oci = spec_doc if spec_doc is not None else spec.to_oci()
     if config.seccomp_bpf is not None and "seccomp" in oci.get("linux", {}):
         # The init installs the compiled program; the profile (70% of the document)
