@@ -65,6 +65,12 @@ _ENCODED: dict[type[Any], bytes] = {
 _DECODED: dict[bytes, Any] = {data: cls() for cls, data in _ENCODED.items()}
 
 
+def packet(cls: type[Placed | Ready | Start | PtyMaster]) -> bytes:
+    """The packet of a message without fields (a PtyMaster's fd travels beside it), as
+    the native init sends and expects it."""
+    return _ENCODED.get(cls) or json.dumps({"type": cls.__name__}).encode()
+
+
 class ChannelClosed(Exception):
     """The other side closed the channel (for the parent: the init exec'd or died)."""
 

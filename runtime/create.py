@@ -146,10 +146,11 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None,
           plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = (),
           wait_ready: bool = True) -> InitProcess:
     """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
-    for Placed), or the native init's plan ``child`` (bytes: runtime.nativeinit); it is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or
-    the parent moves it (v1 with a new user namespace); the parent writes the maps of
-    ``plan``, sends Placed and (``wait_ready``) waits for Ready. On failure the child is killed
-    and its pid put on the exception as ``init_pid``."""
+    for Placed), or the native init's plan ``child`` (bytes: runtime.nativeinit). It
+    is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or the parent moves
+    it (v1 with a new user namespace); the parent writes the maps of ``plan``, sends
+    Placed and (``wait_ready``) waits for Ready. On failure the child is killed and its
+    pid put on the exception as ``init_pid``."""
     parent_end, child_end = Channel.pair()
     tasks = tasks_files(cgroup_procs)  # cgroup v1
     into = None if tasks else _cgroup_fd(cgroup_procs)  # cgroup v2

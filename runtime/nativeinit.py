@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import libc
 from .capabilities import CAPABILITY_NUMBERS, bounding_set, last_cap, to_mask
-from .channel import _ENCODED, Placed, PtyMaster, Ready, Start
+from .channel import Placed, PtyMaster, Ready, Start, packet
 from .init import InitConfig
 from .mounts import parse_options
 from .rootfs import DEV_SYMLINKS, DEVICES, overlay_options
@@ -107,6 +107,11 @@ def unavailable_reason() -> str | None:
     return _load_error
 
 
+def describe() -> str:
+    """Which init runs containers here: "native", or "python (why)"."""
+    return "native" if available() else f"python ({_load_error})"
+
+
 def spawn(plan: bytes, flags: int, cgroup_fd: int | None, channel: int,
           supervisor_pidfd: int | None) -> tuple[int, int]:
     """Clone an init (namespaces and CLONE_PARENT from ``flags``, into the cgroup v2 of
@@ -174,7 +179,7 @@ def _compile(spec: ContainerSpec, config: InitConfig) -> tuple[int, bytes]:
     step(PDEATHSIG)
     if config.stdin_devnull:
         step(STDIN_DEVNULL)
-    step(EXPECT, _ENCODED[Placed])
+    step(EXPECT, packet(Placed))
     if userns:
         step(SETRESID, what="become root in the user namespace", a=0, b=0)
         step(PDEATHSIG)  # (a mapped root is another host uid: disarmed)
@@ -251,12 +256,12 @@ def _become_process(plan: Plan, spec: ContainerSpec, config: InitConfig) -> None
             raise ValueError("a newline in a group name")
         step(USER, process.user_name, "\n".join(added), a=int(not has_home))
     if process.terminal:
-        step(TERMINAL, b'{"type": "PtyMaster"}')
+        step(TERMINAL, packet(PtyMaster))
     else:
         step(SETSID)
-    step(SEND, _ENCODED[Ready])
+    step(SEND, packet(Ready))
     if not config.go_ahead:
-        step(EXPECT, _ENCODED[Start])
+        step(EXPECT, packet(Start))
     step(WORKDIR, process.cwd)
     for limit in process.rlimits:
         step(RLIMIT, what=f"setrlimit {limit.type} {limit.soft}:{limit.hard}",

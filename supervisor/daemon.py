@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from runtime import libc
+from runtime import libc, nativeinit
 from runtime.errors import Conflict
 from runtime.log import get_logger
 from runtime.paths import StatePaths
@@ -82,6 +82,9 @@ def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> 
         if pid is not None:
             return 0 if pid > 0 else 1
     lock_fd = lock_state_root(paths)
+    if not nativeinit.available():  # loaded before the fork: the zygote has it too
+        log.warning("container inits run in Python (slower starts)",
+                    reason=nativeinit.unavailable_reason())
     zygote_pid, zygote_sock = start_zygote(paths.run)
     packer = start_zygote(paths.run, cleanup=False, others=(zygote_sock,))
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from runtime import capabilities
+from runtime import capabilities, nativeinit
 from runtime.errors import Conflict, SpecError
 from runtime.log import get_logger
 from supervisor import fdpass, protocol
@@ -709,4 +709,5 @@ def default_info(paths: Any, cgroup_driver: str) -> dict[str, Any]:
             "cgroup_driver": cgroup_driver,
             "capabilities": list(capabilities.DEFAULT_CAPABILITIES),
             "seccomp": "default",
+            "init": nativeinit.describe(),
             "paths": {"data": paths.data, "run": paths.run, "log": paths.log}}

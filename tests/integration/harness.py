@@ -145,18 +145,23 @@ class Myctr:
     # network namespace of its own (``myctr_net``), so no test makes a bridge or
     # slirp4netns on the machine's own network.
     default_network: str = "none"
+    # MYCTR_INIT for a supervisor this runner starts: "python" runs the Python init
+    # instead of the native stage (the default)
+    init: str | None = None
 
     def command(self, *args: str) -> list[str]:
         base = ["--root", str(self.state_root), *args]
         enter = ["nsenter", f"--net={self.netns}"] if self.netns is not None else []
         network = [f"MYCTR_NETWORK={self.default_network}"] if self.default_network else []
+        init = [f"MYCTR_INIT={self.init}"] if self.init is not None else []
         if self.mode == "root":
             unset = [] if network else ["-u", "MYCTR_NETWORK"]
-            return [*enter, "env", *unset, *network, sys.executable, "-m", "supervisor", *base]
+            return [*enter, "env", *unset, *network, *init, sys.executable, "-m", "supervisor",
+                    *base]
         assert self.user is not None and self.staged is not None
         return [*enter, "setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
                 "--init-groups", "--reset-env", "env", f"PYTHONPATH={self.staged}",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *network, "/usr/bin/python3", "-m",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *network, *init, "/usr/bin/python3", "-m",
                 "supervisor", *base]
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> Result:
