@@ -1150,6 +1150,7 @@ def open_bench(prefix: str, sizes: Sizes, notes: list[str], *, chdir: bool = Fal
         if after_supervisor is not None:
             stack.callback(after_supervisor, root)
         sup = stack.enter_context(open_supervisor(str(myctr), root, notes))
+        notes.append(f"myctr's container init: {sup.client.call('info').get('init')}")
         if check_supervisor is not None:
             check_supervisor(sup)
         spec_tool = shutil.which("crun") or shutil.which("runc")

@@ -207,7 +207,8 @@ __attribute__((noreturn)) static void fail(struct child *ch, int kind, long err,
 
 static int read_step(struct child *ch, struct step *st)
 {
-    if (ch->pos + 32 > ch->end) return 0;
+    if (ch->pos == ch->end) return 0;
+    if (ch->end - ch->pos < 32) return -1;
     memcpy(&st->op, ch->pos, 4);
     memcpy(&st->nstr, ch->pos + 4, 4);
     memcpy(&st->a, ch->pos + 8, 8);
@@ -217,10 +218,12 @@ static int read_step(struct child *ch, struct step *st)
     st->rest = NULL;
     for (uint32_t i = 0; i < st->nstr; i++) {
         uint32_t n;
+        if (ch->pos + 4 > ch->end) return -1;
         memcpy(&n, ch->pos, 4);
         ch->pos += 4;
         const char *s = NULL;
         if (n != 0xffffffffu) {
+            if ((size_t)(ch->end - ch->pos) < (size_t)n + 1 || ch->pos[n] != 0) return -1;
             s = (const char *)ch->pos;
             ch->pos += n + 1;
         } else {
@@ -753,7 +756,8 @@ static int child_main(void *arg)
     for (int sig = 1; sig <= 64; sig++)
         if (sig != 9 && sig != 19) S4(SYS_rt_sigaction, sig, &dfl, NULL, 8);
     struct step st;
-    while (read_step(ch, &st)) {
+    int more;
+    while ((more = read_step(ch, &st)) > 0) {
         switch (st.op) {
         case OP_PDEATHSIG: arm_parent_death(ch); break;
         case OP_WRITE_FILE: {
@@ -879,7 +883,8 @@ static int child_main(void *arg)
         default: fail(ch, FAIL_SETUP, EINVAL, "unknown step in the init's plan", NULL);
         }
     }
-    fail(ch, FAIL_SETUP, EINVAL, "the init's plan ends before its exec", NULL);
+    fail(ch, FAIL_SETUP, EINVAL, more < 0 ? "the init's plan is malformed"
+                                          : "the init's plan ends before its exec", NULL);
 }
 
 /* --- the caller's side --------------------------------------------------------------- */
