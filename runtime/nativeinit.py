@@ -43,6 +43,7 @@ LIBRARY = Path(__file__).with_name("libmyctrinit.so")
 # MOUNTPOINT kinds
 EMPTY_FILE, DIRECTORY, LIKE_SOURCE = 0, 1, 2
 RESOLVED = ""  # the target that the last RESOLVE found
+MAX_EXEC_STRINGS = 4096  # MAX_STRINGS in nativeinit.c
 
 _U64 = (1 << 64) - 1
 _HEADER = struct.Struct("<IIQQQ")
@@ -165,7 +166,7 @@ def compile_init(spec: ContainerSpec, config: InitConfig) -> tuple[int, bytes] |
     can run it. Mirrors runtime.init._init and what it calls, step for step."""
     try:
         return _compile(spec, config)
-    except ValueError:  # a NUL in a string: the Python init reports it
+    except ValueError:  # a NUL in a string, a huge environment: the Python init runs it
         return None
 
 
@@ -301,6 +302,8 @@ def _become_process(plan: Plan, spec: ContainerSpec, config: InitConfig) -> None
     path_var = next((e[5:] for e in env if e.startswith("PATH=")), "")
     candidates = [args[0]] if "/" in args[0] else [
         os.path.join(d or ".", args[0]) for d in path_var.split(":")]
+    if len(candidates) + len(args) + len(env) > MAX_EXEC_STRINGS:
+        raise ValueError("more arguments and variables than the native stage takes")
     step(UNBLOCK_SIGNALS)
     step(EXEC, *candidates, *args, *env, what=args[0], a=len(candidates), b=len(args),
          c=len(env))

@@ -145,6 +145,13 @@ def test_a_nul_leaves_it_to_the_python_init() -> None:
     assert nativeinit.compile_init(spec, CONFIG) is None
 
 
+def test_a_huge_environment_leaves_it_to_the_python_init() -> None:
+    env = tuple(f"V{i}=x" for i in range(nativeinit.MAX_EXEC_STRINGS))
+    spec = build_spec(RunRequest(rootfs="/img", args=("/bin/true",), hostname="h", env=env),
+                      None, {}, None)
+    assert nativeinit.compile_init(spec, CONFIG) is None
+
+
 @pytest.mark.parametrize(("kind", "err", "what", "expected"), [
     (0, 2, "mount proc on /x", SetupFailed(2, "mount proc on /x: No such file or directory")),
     (0, 0, "unable to find user u", SetupFailed(0, "unable to find user u")),
