@@ -83,8 +83,9 @@ def run_supervisor(paths: StatePaths, idle_exit: float | None, detach: bool) -> 
             return 0 if pid > 0 else 1
     lock_fd = lock_state_root(paths)
     if not nativeinit.available():  # loaded before the fork: the zygote has it too
-        log.warning("container inits run in Python (slower starts)",
-                    reason=nativeinit.unavailable_reason())
+        reason = nativeinit.unavailable_reason()
+        (log.info if reason == "MYCTR_INIT=python" else log.warning)(
+            "container inits run in Python (slower starts)", reason=reason)
     zygote_pid, zygote_sock = start_zygote(paths.run)
     packer = start_zygote(paths.run, cleanup=False, others=(zygote_sock,))
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
