@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 
-from . import libc
+from . import libc, nativeinit
 from .channel import (
     Channel,
     ChannelClosed,
@@ -130,23 +130,22 @@ def create(
                  cgroup_procs=cgroup_procs, wait_ready=wait_ready)
 
 
-def create_native(flags: int, native_plan: bytes, plan: IdMapPlan | None,
+def create_native(compiled: nativeinit.Compiled, plan: IdMapPlan | None,
                   stdio: tuple[int, int, int] | None = None, clone_parent: bool = False,
                   cgroup_procs: tuple[str, ...] = (), wait_ready: bool = True) -> InitProcess:
-    """:func:`create` for an init compiled by :func:`runtime.nativeinit.compile_init`
-    (its ``flags`` and ``native_plan``): no Python runs in the child."""
-    flags |= libc.CLONE_PARENT if clone_parent else 0
-    return spawn(flags, stdio, native_plan,
-                 plan if flags & libc.CLONE_NEWUSER else None, ours=not clone_parent,
-                 cgroup_procs=cgroup_procs, wait_ready=wait_ready)
+    """:func:`create` for an init compiled by :func:`runtime.nativeinit.compile_init`:
+    no Python runs in the child."""
+    flags = compiled.flags | (libc.CLONE_PARENT if clone_parent else 0)
+    return spawn(flags, stdio, compiled, plan if flags & libc.CLONE_NEWUSER else None,
+                 ours=not clone_parent, cgroup_procs=cgroup_procs, wait_ready=wait_ready)
 
 
 def spawn(flags: int, stdio: tuple[int, int, int] | None,
-          child: Callable[[Channel], None] | bytes,
+          child: Callable[[Channel], None] | nativeinit.Compiled,
           plan: IdMapPlan | None, ours: bool, cgroup_procs: tuple[str, ...] = (),
           wait_ready: bool = True) -> InitProcess:
     """Clone with ``flags``; the child runs ``child`` (never returning; it first waits
-    for Placed), or the native init's plan ``child`` (bytes: runtime.nativeinit). It
+    for Placed), or the native init compiled as ``child`` (runtime.nativeinit). It
     is cloned into ``cgroup_procs`` (v2), moves itself there (v1), or the parent moves
     it (v1 with a new user namespace); the parent writes the maps of ``plan``, sends
     Placed and (``wait_ready``) waits for Ready. On failure the child is killed and its
@@ -156,14 +155,15 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None,
     into = None if tasks else _cgroup_fd(cgroup_procs)  # cgroup v2
     if flags & libc.CLONE_NEWUSER:  # the child cannot write the host's cgroup files
         tasks = ()  # (then the parent moves it by pid)
-    if isinstance(child, bytes):  # a native plan: see runtime.nativeinit
-        from . import init, nativeinit
+    if isinstance(child, nativeinit.Compiled):  # no Python in the child
+        from . import init
 
-        plan_bytes = nativeinit.first_steps(parent_end.fileno(), tasks) + child
+        native = child
+        plan_bytes = nativeinit.first_steps(parent_end.fileno(), tasks) + native.plan
 
         def clone(into: int | None) -> tuple[int, int]:
             return nativeinit.spawn(plan_bytes, flags, into, child_end.fileno(),
-                                    init._supervisor_pidfd)
+                                    init._supervisor_pidfd, native.shared)
     else:
         def clone(into: int | None) -> tuple[int, int]:
             return libc.clone3(flags, into)

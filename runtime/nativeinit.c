@@ -5,7 +5,14 @@
  * faults for every page it touches and the fork copies the page tables of its whole
  * heap, milliseconds per container that crun never pays.
  *
- * The child shares the caller's memory until it execs or exits, so it calls no libc
+ * An init that keeps its ids (root, or root of a user namespace mapped to our own ids:
+ * most containers) is cloned with CLONE_VM; one that becomes another user is cloned as
+ * a fork, since a change of ids marks the memory it shares not dumpable, the caller's
+ * too (see keep_ids_when_shared). An OOM kill of a shared init in setup would take the
+ * caller with it (the kernel kills every process sharing the victim's memory); an
+ * init's own setup allocates ~0.2 MiB in a fresh cgroup of at least 6 MiB.
+ *
+ * A shared child uses the caller's memory until it execs or exits, so it calls no libc
  * function that could take a lock or write errno (raw syscalls only), touches only its
  * own stack and its copy of the plan (both in a slot of its own), and starts with every
  * signal blocked and every handler reset (the caller's handlers would run in its
@@ -91,7 +98,7 @@ enum { FAIL_SETUP = 0, FAIL_EXEC = 1, FAIL_NOT_IN_PATH = 2, FAIL_NO_FILE = 3,
 
 #define PATH_MAX_ 4096
 #define STACK_SIZE (256 * 1024)
-#define MAX_SLOTS 1024
+#define MAX_SLOTS 4096
 #define MAX_STRINGS 4096
 #define MAX_GROUPS 1024
 
@@ -159,6 +166,7 @@ struct child {
     const unsigned char *pos, *end;
     int channel;
     int supervisor_pidfd;
+    int shared; /* cloned with CLONE_VM: runs in the caller's memory until it execs */
     char resolved[PATH_MAX_];
     struct user user;
 };
@@ -182,7 +190,7 @@ static void append(char *buf, size_t *at, size_t cap, const char *s, size_t n)
 
 __attribute__((noreturn)) static void die(int code)
 {
-    for (;;) S1(SYS_exit, code);
+    for (;;) S1(SYS_exit_group, code);
 }
 
 __attribute__((noreturn)) static void fail(struct child *ch, int kind, long err,
@@ -537,6 +545,7 @@ static char *next_line(struct lines *l)
         char *nl = memchr(start, '\n', avail);
         if (nl != NULL) {
             *nl = 0;
+            if (nl > start && nl[-1] == '\r') nl[-1] = 0; /* CRLF, as str.splitlines */
             l->pos += (size_t)(nl - start) + 1;
             if (l->skipping) { l->skipping = 0; continue; }
             return start;
@@ -682,6 +691,7 @@ static void do_user(struct child *ch, const struct step *st)
     lines_close(&l);
     if (!found) {
         if (!numeric) not_found(ch, "user", spec, "passwd");
+        if (wanted > 0xfffffffeL) fail(ch, FAIL_SETUP, 0, "invalid user ", st->s[1]);
         u->uid = wanted;
         u->gid = 0;
         u->home[0] = '/';
@@ -722,6 +732,33 @@ static void do_user(struct child *ch, const struct step *st)
     u->set_home = (int)st->a;
 }
 
+/* A change of the effective ids makes the kernel mark the process's memory not
+ * dumpable, and with it every process that shares that memory: the caller's, for good,
+ * so that a later init's /proc/PID/ns could no longer be opened by the (rootless) user
+ * (slirp4netns does). An init cloned with CLONE_VM may only keep its ids: the plan says
+ * so ahead (runtime/nativeinit.py clones a private init for other users), and this is
+ * the check for what the plan could not know (the ids of a user named in passwd). */
+static void keep_ids_when_shared(struct child *ch, long uid, long gid)
+{
+    if (!ch->shared) return;
+    unsigned int r, e, sv, gr, ge, gs;
+    S3(SYS_getresuid, &r, &e, &sv);
+    S3(SYS_getresgid, &gr, &ge, &gs);
+    if ((unsigned int)uid == e && (unsigned int)gid == ge) return;
+    char msg[160] = "the native init cannot become ";
+    size_t at = slen(msg);
+    utoa((unsigned long)uid, msg + at);
+    at = slen(msg);
+    msg[at++] = ':';
+    utoa((unsigned long)gid, msg + at);
+    at = slen(msg);
+    const char *tail = " in the zygote's address space (root's passwd entry has other ids?); "
+                       "MYCTR_INIT=python runs this container";
+    append(msg, &at, sizeof msg - 1, tail, slen(tail));
+    msg[at] = 0;
+    fail(ch, FAIL_SETUP, 0, msg, NULL);
+}
+
 static void do_set_user(struct child *ch, const struct step *st)
 {
     struct user *u = &ch->user;
@@ -734,6 +771,7 @@ static void do_set_user(struct child *ch, const struct step *st)
     groups.s[0] = who;
     groups.s[1] = (const char *)u->groups;
     groups.len[1] = (uint32_t)u->ngroups * 4;
+    keep_ids_when_shared(ch, u->uid, u->gid);
     do_setgroups(ch, &groups);
     CHECK(ch, S3(SYS_setresgid, u->gid, u->gid, u->gid), who, NULL);
     CHECK(ch, S3(SYS_setresuid, u->uid, u->uid, u->uid), who, NULL);
@@ -779,6 +817,7 @@ static int child_main(void *arg)
             CHECK(ch, S4(SYS_sendto, ch->channel, st.s[1], st.len[1], MSG_NOSIGNAL), "send to the parent", NULL);
             break;
         case OP_SETRESID:
+            keep_ids_when_shared(ch, st.a, st.b);
             CHECK(ch, S3(SYS_setresgid, st.b, st.b, st.b), st.s[0], NULL);
             CHECK(ch, S3(SYS_setresuid, st.a, st.a, st.a), st.s[0], NULL);
             break;
@@ -916,7 +955,7 @@ __attribute__((naked, noinline)) static long clone3_run(
         "mov %r9, %rdi\n\t"
         "call *%r8\n\t"
         "mov %eax, %edi\n\t"
-        "mov $60, %eax\n\t"
+        "mov $231, %eax\n\t"
         "syscall\n\t"
         "hlt\n");
 }
@@ -949,29 +988,35 @@ static struct slot *free_slot(size_t need)
 
 /*
  * Clone an init with `flags` (namespaces, CLONE_PARENT) into the cgroup of `cgroup_fd`
- * (-1: none) that runs `plan` and talks on `channel`. Returns its pid (its pidfd in
- * *pidfd), or -errno. Single-threaded callers only (the slots are not locked).
+ * (-1: none) that runs `plan` and talks on `channel`: `shared`, with CLONE_VM (an init
+ * that keeps its ids, see keep_ids_when_shared), else as a fork (its own copy of the
+ * caller's memory: page tables copied, copy-on-write faults). Returns its pid (its
+ * pidfd in *pidfd), or -errno. Single-threaded callers only (the slots are not locked).
  * Layout of a slot: [struct child | plan copy | ... stack ... top].
  */
 long myctr_spawn(const void *plan, size_t plan_len, uint64_t flags, int cgroup_fd,
-                 int channel, int supervisor_pidfd, int *pidfd)
+                 int channel, int supervisor_pidfd, int shared, int *pidfd)
 {
     size_t head = (sizeof(struct child) + plan_len + 15) & ~(size_t)15;
     struct slot *s = free_slot(head + STACK_SIZE);
     if (s == NULL) return -ENOMEM;
     struct child *ch = (struct child *)s->base;
     unsigned char *copy = s->base + sizeof(struct child);
+    memset(ch, 0, sizeof *ch); /* nothing of the slot's last child */
     memcpy(copy, plan, plan_len);
     ch->pos = copy;
     ch->end = copy + plan_len;
     ch->channel = channel;
     ch->supervisor_pidfd = supervisor_pidfd;
-    ch->resolved[0] = 0;
+    ch->shared = shared;
 
     struct clone_args_ args = { 0 };
-    args.flags = flags | CLONE_VM | CLONE_PIDFD | CLONE_CHILD_CLEARTID;
+    args.flags = flags | CLONE_PIDFD;
+    if (shared) { /* the kernel clears tid when the child execs or exits */
+        args.flags |= CLONE_VM | CLONE_CHILD_CLEARTID;
+        args.child_tid = (uint64_t)(uintptr_t)&s->tid;
+    }
     args.pidfd = (uint64_t)(uintptr_t)pidfd;
-    args.child_tid = (uint64_t)(uintptr_t)&s->tid;
     args.exit_signal = (flags & CLONE_PARENT) ? 0 : 17 /* SIGCHLD */;
     args.stack = (uint64_t)(uintptr_t)(s->base + head);
     args.stack_size = s->size - head;
@@ -984,6 +1029,6 @@ long myctr_spawn(const void *plan, size_t plan_len, uint64_t flags, int cgroup_f
     S4(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, 8);
     long pid = clone3_run(&args, sizeof args, child_main, ch);
     S4(SYS_rt_sigprocmask, SIG_SETMASK, &saved, NULL, 8);
-    if (pid < 0) s->tid = 0;
+    if (pid < 0 || !shared) s->tid = 0; /* (a private child has its own copy) */
     return pid;
 }

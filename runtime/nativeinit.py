@@ -22,6 +22,7 @@ import resource
 import stat
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 from . import libc
 from .capabilities import CAPABILITY_NUMBERS, bounding_set, last_cap, to_mask
@@ -29,7 +30,7 @@ from .channel import Placed, PtyMaster, Ready, Start, packet
 from .init import InitConfig
 from .mounts import parse_options
 from .rootfs import DEV_SYMLINKS, DEVICES, overlay_options
-from .spec import ContainerSpec
+from .spec import ContainerSpec, IdMapping
 
 LIBRARY = Path(__file__).with_name("libmyctrinit.so")
 
@@ -97,7 +98,7 @@ def available() -> bool:
         return False
     lib.myctr_spawn.restype = ctypes.c_long
     lib.myctr_spawn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
-                                ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.POINTER(ctypes.c_int)]
     _library = lib
     return True
@@ -114,15 +115,17 @@ def describe() -> str:
 
 
 def spawn(plan: bytes, flags: int, cgroup_fd: int | None, channel: int,
-          supervisor_pidfd: int | None) -> tuple[int, int]:
+          supervisor_pidfd: int | None, shared: bool) -> tuple[int, int]:
     """Clone an init (namespaces and CLONE_PARENT from ``flags``, into the cgroup v2 of
-    ``cgroup_fd``) that runs ``plan`` and talks on ``channel``; (pid, pidfd)."""
+    ``cgroup_fd``) that runs ``plan`` and talks on ``channel``; (pid, pidfd).
+    ``shared``: in our memory (CLONE_VM) until it execs, for an init that keeps its ids
+    (:attr:`Compiled.shared`)."""
     assert _library is not None, "nativeinit.available() first"
     pidfd = ctypes.c_int(-1)
     pid = _library.myctr_spawn(plan, len(plan), flags,
                                -1 if cgroup_fd is None else cgroup_fd, channel,
                                -1 if supervisor_pidfd is None else supervisor_pidfd,
-                               ctypes.byref(pidfd))
+                               int(shared), ctypes.byref(pidfd))
     if pid < 0:
         raise OSError(-pid, f"clone3: {os.strerror(-pid)}")
     return pid, pidfd.value
@@ -161,16 +164,48 @@ def _bounding_set() -> tuple[int, int]:
     return _bounding
 
 
-def compile_init(spec: ContainerSpec, config: InitConfig) -> tuple[int, bytes] | None:
-    """(clone flags, plan) of the init of ``spec``, or None when only the Python init
-    can run it. Mirrors runtime.init._init and what it calls, step for step."""
+class Compiled(NamedTuple):
+    flags: int  # clone flags
+    plan: bytes
+    # The init keeps the ids it is cloned with: it may run in the zygote's memory
+    # (CLONE_VM). A change of ids makes the kernel mark the memory not dumpable, for
+    # every process sharing it: the zygote's, for good, and a later init's
+    # /proc/PID/ns could no longer be opened by a rootless user (slirp4netns does).
+    shared: bool
+
+
+def compile_init(spec: ContainerSpec, config: InitConfig) -> Compiled | None:
+    """Clone flags, plan and sharing of the init of ``spec``, or None when only the
+    Python init can run it. Mirrors runtime.init._init and what it calls, step for
+    step."""
     try:
         return _compile(spec, config)
     except ValueError:  # a NUL in a string, a huge environment: the Python init runs it
         return None
 
 
-def _compile(spec: ContainerSpec, config: InitConfig) -> tuple[int, bytes]:
+def keeps_ids(spec: ContainerSpec) -> bool:
+    """Whether the init ends with the ids it is cloned with: root (of a user namespace
+    that maps it to our own ids), as user "0", "root", "0:0"... A name is looked up in
+    the container's passwd by the init, which refuses to change ids when shared."""
+    linux = spec.linux
+    if spec.uses_user_namespace and (
+            _host_id(linux.uid_mappings) != os.geteuid()
+            or _host_id(linux.gid_mappings) != os.getegid()):
+        return False
+    process = spec.process
+    if process.user_name is None:
+        return process.user.uid == 0 and process.user.gid == 0
+    user, _, group = process.user_name.partition(":")
+    return user in ("0", "root") and group in ("", "0", "root")
+
+
+def _host_id(mappings: tuple[IdMapping, ...]) -> int | None:
+    """The host id of the namespace's 0."""
+    return next((m.host_id for m in mappings if m.container_id == 0), None)
+
+
+def _compile(spec: ContainerSpec, config: InitConfig) -> Compiled:
     from .create import clone_flags
 
     flags = clone_flags(spec)
@@ -189,7 +224,7 @@ def _compile(spec: ContainerSpec, config: InitConfig) -> tuple[int, bytes]:
         step(UNSHARE, what="unshare the cgroup namespace", a=libc.CLONE_NEWCGROUP)
     _build_root(plan, spec, config)
     _become_process(plan, spec, config)
-    return flags, plan.encode()
+    return Compiled(flags, plan.encode(), keeps_ids(spec))
 
 
 def _build_root(plan: Plan, spec: ContainerSpec, config: InitConfig) -> None:

@@ -140,11 +140,12 @@ def remove_stale_cgroups(run_dir: str) -> None:
 def handle(request: dict[str, Any], fds: list[int],
            native: bytes = b"") -> tuple[dict[str, Any], list[int]]:
     """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd).
-    A ``create`` with "native" (its clone flags) runs the ``native`` plan instead of the
-    Python init: the spec stays with the supervisor, which compiled it."""
+    A ``create`` with "native" (its clone flags) and "shared" runs the ``native`` plan
+    instead of the Python init: the spec stays with the supervisor, which compiled it."""
     if "native" in request:
+        compiled = nativeinit.Compiled(request["native"], native, bool(request["shared"]))
         return _created(lambda: create_native(
-            request["native"], native, decode_plan(request["plan"]),
+            compiled, decode_plan(request["plan"]),
             stdio=(fds[0], fds[1], fds[2]), clone_parent=True,
             cgroup_procs=tuple(request.get("cgroup_procs") or ()), wait_ready=False))
     if request.get("op") == "rmtree":
@@ -274,10 +275,9 @@ def encode_request(spec: ContainerSpec, config: InitConfig, plan: IdMapPlan | No
     if op == "create" and nativeinit.available():
         compiled = nativeinit.compile_init(spec, config)
         if compiled is not None:
-            flags, native = compiled
-            head = {"op": op, "native": flags, "cgroup_procs": list(cgroup_procs),
-                    "plan": encode_plan(plan)}
-            return json.dumps(head).encode() + b"\0" + native
+            head = {"op": op, "native": compiled.flags, "shared": compiled.shared,
+                    "cgroup_procs": list(cgroup_procs), "plan": encode_plan(plan)}
+            return json.dumps(head).encode() + b"\0" + compiled.plan
     oci = spec_doc if spec_doc is not None else spec.to_oci()
     if config.seccomp_bpf is not None and "seccomp" in oci.get("linux", {}):
         # The init installs the compiled program; the profile (70% of the document)

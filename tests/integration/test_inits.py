@@ -127,3 +127,34 @@ def test_both_inits_give_a_terminal(myctr: Myctr, python_init: Myctr) -> None:
         code, output = harness.run_in_pty(runner.command(
             "run", "--rm", "-t", "--rootfs", str(runner.rootfs), "tty"))
         assert (code, output.strip()) == (0, "/dev/pts/0"), name
+
+
+def test_a_user_switch_leaves_later_inits_reachable(myctr_net: Myctr) -> None:
+    """A container that runs as another user leaves the next container's init
+    reachable before its exec: slirp4netns (rootless) and the veth plug (root) open its
+    /proc/PID/ns. (A change of ids makes the kernel mark the memory not dumpable, for
+    every process sharing it: such an init is cloned as a fork, not in the zygote's
+    memory, which would stay marked for good.)"""
+    for options in (("-u", "1000"), ("-u", "0:5"), (), ("-u", "user"), ()):
+        result = myctr_net.run(*options, "/bin/true")
+        assert result.returncode == 0, (options, result)
+
+
+def test_both_inits_read_crlf_passwd_and_group_alike(myctr: Myctr, python_init: Myctr) -> None:
+    """/etc/passwd and /etc/group with CRLF line ends (Python's splitlines takes them):
+    the same user, groups and home from either init."""
+    rootfs = harness.make_shared_dir(f"{myctr.state_root}/crlf-rootfs-")
+    shutil.copytree(myctr.rootfs, rootfs, symlinks=True, dirs_exist_ok=True)
+    for name in ("passwd", "group"):
+        path = rootfs / "etc" / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    if myctr.user is not None:
+        harness.chown_tree(rootfs, myctr.user)
+    seen = {}
+    for name, runner in (("native", myctr), ("python", python_init)):
+        result = runner("run", "--rm", "--rootfs", str(rootfs), "-u", "user", "/bin/sh", "-c",
+                        "id; echo $HOME")
+        assert result.returncode == 0, (name, result)
+        seen[name] = result.stdout
+    assert seen["native"] == seen["python"]
+    assert "groups=" in seen["native"] and "100(" in seen["native"], seen

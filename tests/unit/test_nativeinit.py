@@ -4,6 +4,7 @@ the Python init would is proved on real containers (tests/integration/test_inits
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -51,8 +52,7 @@ def compiled(config: InitConfig = CONFIG, plan: IdMapPlan | None = None,
     spec = build_spec(RunRequest(**fields), plan, {}, None)  # type: ignore[arg-type]
     result = nativeinit.compile_init(spec, config)
     assert result is not None
-    flags, data = result
-    return flags, decode(data)
+    return result.flags, decode(result.plan)
 
 
 def ops(steps: list[tuple[str, tuple[bytes | None, ...], int, int, int]]) -> list[str]:
@@ -163,3 +163,24 @@ def test_a_huge_environment_leaves_it_to_the_python_init() -> None:
 def test_failure_packets(kind: int, err: int, what: str, expected: object) -> None:
     data = b"\0F" + bytes([kind]) + struct.pack("<i", err) + what.encode()
     assert _decode(data, []) == expected
+
+
+@pytest.mark.parametrize(("user", "plan", "shared"), [
+    (None, None, True),  # the default: "0", root as it was cloned
+    ("0", None, True), ("root", None, True), ("0:0", None, True), ("root:root", None, True),
+    ("1000", None, False), ("0:5", None, False), ("user", None, False),
+    ("1000:1000", None, False),
+    # root of a user namespace: shared only where it maps to our own ids
+    (None, IdMapPlan((IdMapping(0, os.geteuid(), 1),), (IdMapping(0, os.getegid(), 1),)),
+     True),
+    (None, IdMapPlan((IdMapping(0, 300000, 65536),), (IdMapping(0, 300000, 65536),)), False),
+])
+def test_shared_only_when_the_ids_stay(user: str | None, plan: IdMapPlan | None,
+                                       shared: bool) -> None:
+    """An init that changes its ids would mark the zygote's memory not dumpable (its
+    /proc closed to a rootless user for good): it is cloned as a fork instead."""
+    fields = {"rootfs": "/img", "args": ("/bin/true",), "hostname": "h", "user": user,
+              "rootless": plan is not None}
+    spec = build_spec(RunRequest(**fields), plan, {}, None)  # type: ignore[arg-type]
+    compiled = nativeinit.compile_init(spec, CONFIG)
+    assert compiled is not None and compiled.shared is shared
