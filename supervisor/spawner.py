@@ -78,8 +78,9 @@ class Spawner:
             zygote.encode_request(spec, config, None, op="exec", cgroup_procs=cgroup_procs),
             (*stdio, init_pidfd), on_pid)
 
-    async def remove_trees(self, paths: list[str], plan: IdMapPlan) -> None:
-        """Remove directories as root of a user namespace with ``plan`` (rootless)."""
+    async def remove_trees(self, paths: list[str], plan: IdMapPlan | None) -> None:
+        """Remove directories, as root of a user namespace with ``plan`` (rootless:
+        files of subordinate ids), or as we are (None)."""
         await self._request({"op": "rmtree", "paths": paths, "plan": zygote.encode_plan(plan)})
 
     async def unpack_layer(self, tar: str, dest: str, plan: IdMapPlan) -> str:

@@ -253,10 +253,12 @@ def _ignore(lines: list[str] | None) -> Any:
 
 
 def remove_trees(paths: list[str], plan: IdMapPlan | None) -> dict[str, Any]:
-    assert plan is not None
+    """Remove ``paths``: as root of a user namespace with ``plan``, or as we are."""
     try:
         for path in paths:
-            if os.path.exists(path):
+            if plan is None:
+                rmtree(path)
+            elif os.path.exists(path):
                 run_in_user_namespace(plan, functools.partial(rmtree, path), f"remove {path}")
     except ContainerError as exc:
         return {"ok": False, "error": encode_error(exc)}
