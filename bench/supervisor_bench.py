@@ -95,6 +95,7 @@ RSS_TARGET_KIB = 0.1 * 1024
 class Sizes(NamedTuple):
     runs: int = 20  # timed runs per tool (start, ps)
     warmup: int = 3
+    row_rounds: int = 3  # start in a row: rounds of `runs` per tool, the tools in turn
     burst: int = 50
     burst_rounds: int = 5  # bursts per tool, in turn (podman: one)
     idle: int = 20
@@ -106,8 +107,9 @@ class Sizes(NamedTuple):
 
 
 FULL = Sizes()
-QUICK = Sizes(runs=5, warmup=1, burst=10, burst_rounds=1, idle=5, big_log=20 * MIB,
-              small_log=2 * MIB, log_runs=1, restarts=10, restart_window_s=3.0)
+QUICK = Sizes(runs=5, warmup=1, row_rounds=1, burst=10, burst_rounds=1, idle=5,
+              big_log=20 * MIB, small_log=2 * MIB, log_runs=1, restarts=10,
+              restart_window_s=3.0)
 
 
 # The report: pure data and pure functions over it.
@@ -639,14 +641,16 @@ def measure_start(bench: Bench) -> Section:
             if iteration >= sizes.warmup:
                 samples[name].append(elapsed)
     # Back to back: each tool's runs in a row, no pause; a tool that moves a task into
-    # a cgroup finds the kernel's lock warm from its own previous run.
+    # a cgroup finds the kernel's lock warm from its own previous run. Several rounds,
+    # the tools in turn in each, so that a slow spell of the machine hits all of them.
     in_a_row: dict[str, list[float]] = {name: [] for name in runners}
-    for name, runner in runners.items():
-        settle()
-        for iteration in range(sizes.warmup + sizes.runs):
-            elapsed = runner(bench.name(f"row-{name}"))
-            if iteration >= sizes.warmup:
-                in_a_row[name].append(elapsed)
+    for _round in range(sizes.row_rounds):
+        for name, runner in runners.items():
+            settle()
+            for iteration in range(sizes.warmup + sizes.runs):
+                elapsed = runner(bench.name(f"row-{name}"))
+                if iteration >= sizes.warmup:
+                    in_a_row[name].append(elapsed)
     rows = tuple(Row(s.tool, metric, s.median_ms, "ms", summary_detail(s), s.samples_ms)
                  for metric, runs in ((SETTLED, samples), (IN_A_ROW, in_a_row))
                  for s in (summary_of(name, values) for name, values in runs.items()))
@@ -668,7 +672,8 @@ def measure_start(bench: Bench) -> Section:
         f"included). Round-robin: each run follows a {START_PAUSE_S * 1000:.0f} ms pause, "
         "so that no tool inherits another's warm cgroup lock (a run within a grace period "
         "of another tool's cgroup move skips the wait for one). In a row: each tool's "
-        "runs back to back. crun-same/runc-same: with the config myctr makes (docker's "
+        f"runs back to back, {sizes.row_rounds} rounds with the tools in turn (n counts "
+        "them all). crun-same/runc-same: with the config myctr makes (docker's "
         "seccomp profile, 14 capabilities, cgroup namespace, /etc files) on a read-only "
         "copy of the rootfs (no overlay)",
         rows, compared,
