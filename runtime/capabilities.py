@@ -142,7 +142,7 @@ def bounding_set() -> int:
                if libc.prctl(libc.PR_CAPBSET_READ, bit) == 1)
 
 
-_at_fork: tuple[int, int] | None = None  # (last_cap, bounding set) of the zygote
+_at_fork: tuple[int, int] | None = None  # (last_cap, bounding set) of the inits' forker
 
 
 def remember_bounding_set() -> None:
@@ -154,15 +154,21 @@ def remember_bounding_set() -> None:
     _at_fork = (last_cap(), bounding_set())
 
 
-def drop_bounding(keep: Iterable[str], user_namespace: bool = False) -> None:
-    """Drop every capability not in ``keep`` from the bounding set (needs CAP_SETPCAP).
-    ``user_namespace``: this process entered a user namespace it created or joined
-    since the fork, which gave it the full set; else it has its forker's (clone and
-    setns of other namespaces leave it alone)."""
+def bounding_to_drop(keep: Iterable[str], user_namespace: bool = False) -> int:
+    """The mask of the capabilities an init drops from its bounding set to keep only
+    ``keep``. ``user_namespace``: the init entered a user namespace it created or
+    joined since the fork, which gave it the full set; else it has its forker's (clone
+    and setns of other namespaces leave it alone)."""
     last, current = _at_fork if _at_fork is not None else (last_cap(), bounding_set())
     if user_namespace:
         current = (1 << (last + 1)) - 1
-    extra = current & ~to_mask(keep)
+    return current & ~to_mask(keep)
+
+
+def drop_bounding(keep: Iterable[str], user_namespace: bool = False) -> None:
+    """Drop every capability not in ``keep`` from the bounding set (needs CAP_SETPCAP);
+    ``user_namespace`` as for :func:`bounding_to_drop`."""
+    extra = bounding_to_drop(keep, user_namespace)
     bit = 0
     while extra:
         if extra & 1:

@@ -30,7 +30,7 @@ from .errors import ExecFailed as ExecFailedError
 from .errors import HostError, os_error_message
 from .errors import SetupFailed as SetupFailedError
 from .idmap import IdMapPlan, write_maps
-from .init import InitConfig, run_init
+from .init import InitConfig, run_init, supervisor_pidfd
 from .spec import ContainerSpec
 
 NAMESPACE_FLAGS = {
@@ -156,14 +156,12 @@ def spawn(flags: int, stdio: tuple[int, int, int] | None,
     if flags & libc.CLONE_NEWUSER:  # the child cannot write the host's cgroup files
         tasks = ()  # (then the parent moves it by pid)
     if isinstance(child, nativeinit.Compiled):  # no Python in the child
-        from . import init
-
         native = child
         plan_bytes = nativeinit.first_steps(parent_end.fileno(), tasks) + native.plan
 
         def clone(into: int | None) -> tuple[int, int]:
             return nativeinit.spawn(plan_bytes, flags, into, child_end.fileno(),
-                                    init._supervisor_pidfd, native.shared)
+                                    supervisor_pidfd(), native.shared)
     else:
         def clone(into: int | None) -> tuple[int, int]:
             return libc.clone3(flags, into)

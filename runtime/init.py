@@ -102,6 +102,11 @@ def remember_supervisor(pidfd: int) -> None:
     _supervisor_pidfd = pidfd
 
 
+def supervisor_pidfd() -> int | None:
+    """The pidfd that :func:`remember_supervisor` noted (the native init checks it too)."""
+    return _supervisor_pidfd
+
+
 def forget_supervisor() -> None:
     """Close the supervisor's pidfd in a child that does not exec soon (the joiner of
     an exec, which waits for Start and dies with the supervisor)."""

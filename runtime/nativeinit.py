@@ -24,8 +24,8 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from . import libc
-from .capabilities import CAPABILITY_NUMBERS, bounding_set, last_cap, to_mask
+from . import capabilities, libc
+from .capabilities import CAPABILITY_NUMBERS, to_mask
 from .channel import Placed, PtyMaster, Ready, Start, packet
 from .init import InitConfig
 from .mounts import parse_options
@@ -96,6 +96,9 @@ def available() -> bool:
     except OSError as exc:
         _load_error = str(exc)
         return False
+    # This process's bounding set is every init's (the zygote is forked from it, and
+    # neither changes it): read once, not at each compile.
+    capabilities.remember_bounding_set()
     lib.myctr_spawn.restype = ctypes.c_long
     lib.myctr_spawn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -150,18 +153,6 @@ def _host_devices() -> tuple[tuple[str, int], ...]:
     if _devices is None:
         _devices = tuple((name, os.stat(f"/dev/{name}").st_rdev) for name in DEVICES)
     return _devices
-
-
-_bounding: tuple[int, int] | None = None
-
-
-def _bounding_set() -> tuple[int, int]:
-    """(last capability, bounding set) of this process, which the zygote and so every
-    init shares (the zygote is forked from it, and neither changes its set)."""
-    global _bounding
-    if _bounding is None:
-        _bounding = (last_cap(), bounding_set())
-    return _bounding
 
 
 class Compiled(NamedTuple):
@@ -306,10 +297,7 @@ def _become_process(plan: Plan, spec: ContainerSpec, config: InitConfig) -> None
     if process.no_new_privileges:
         step(PRCTL, what="prctl PR_SET_NO_NEW_PRIVS", a=libc.PR_SET_NO_NEW_PRIVS, b=1)
     step(PRCTL, what="prctl PR_SET_KEEPCAPS", a=libc.PR_SET_KEEPCAPS, b=1)
-    last, current = _bounding_set()
-    if userns:  # a new user namespace gave the init the full set
-        current = (1 << (last + 1)) - 1
-    step(CAPBSET_DROP, a=current & ~to_mask(caps.bounding))
+    step(CAPBSET_DROP, a=capabilities.bounding_to_drop(caps.bounding, userns))
     if config.seccomp_bpf is not None:
         if not config.seccomp_bpf or len(config.seccomp_bpf) % 8:
             raise ValueError("seccomp: empty or malformed BPF program")

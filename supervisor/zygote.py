@@ -142,24 +142,23 @@ def handle(request: dict[str, Any], fds: list[int],
     """``create`` an init (fds: stdio) or ``exec`` a process (fds: stdio, init's pidfd).
     A ``create`` with "native" (its clone flags) and "shared" runs the ``native`` plan
     instead of the Python init: the spec stays with the supervisor, which compiled it."""
-    if "native" in request:
-        compiled = nativeinit.Compiled(request["native"], native, bool(request["shared"]))
-        return _created(lambda: create_native(
-            compiled, decode_plan(request["plan"]),
-            stdio=(fds[0], fds[1], fds[2]), clone_parent=True,
-            cgroup_procs=tuple(request.get("cgroup_procs") or ()), wait_ready=False))
     if request.get("op") == "rmtree":
         return remove_trees(request["paths"], decode_plan(request["plan"])), []
     if request.get("op") == "unpack":
         return unpack_layer(request["tar"], request["dest"], decode_plan(request["plan"])), []
     if request.get("op") == "pack":
         return pack_layer(request["job"], decode_plan(request["plan"])), []
-    spec = ContainerSpec.from_oci(request["spec"])
-    config = decode_config(request["config"])
     stdio = (fds[0], fds[1], fds[2])
     cgroup_procs = tuple(request.get("cgroup_procs") or ())
     # placed, not ready: the supervisor waits for Ready on the channel while the
     # zygote clones the next init
+    if "native" in request:
+        compiled = nativeinit.Compiled(request["native"], native, bool(request["shared"]))
+        return _created(lambda: create_native(compiled, decode_plan(request["plan"]),
+                                              stdio=stdio, clone_parent=True,
+                                              cgroup_procs=cgroup_procs, wait_ready=False))
+    spec = ContainerSpec.from_oci(request["spec"])
+    config = decode_config(request["config"])
     if request.get("op") == "exec":
         return _created(lambda: create_exec(spec, config, fds[3], stdio, cgroup_procs,
                                             wait_ready=False))
