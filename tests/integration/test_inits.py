@@ -50,11 +50,12 @@ def python_init(myctr: Myctr) -> Iterator[Myctr]:
 
 def _normalized(output: str, myctr: Myctr, volume: Path) -> str:
     """``output`` without what differs from one container to the next: ids, the state
-    root, hostnames, inode and mount numbers, pipe numbers."""
+    root, hostnames, inode and mount numbers, pipe numbers, times of day."""
     text = re.sub(r"[0-9a-f]{64}", "ID", output.replace(str(volume), "VOLUME"))
     text = text.replace(str(myctr.state_root), "ROOT")
     text = re.sub(r"\b[0-9a-f]{12}\b", "SHORTID", text)
     text = re.sub(r"(pipe|socket):\[\d+\]", r"\1:[N]", text)
+    text = re.sub(r"\b\d\d:\d\d\b", "HH:MM", text)  # ls's times: the two may straddle a minute
     text = re.sub(r"^\d+ \d+ ", "", text, flags=re.M)  # mountinfo's ids, if any are left
     lines = []
     for line in text.splitlines():
